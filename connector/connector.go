@@ -1,0 +1,182 @@
+// Package connector is the contract between the broker and the systems it
+// grants privileges on. A connector provisions and revokes one kind of
+// privilege on one target; it knows nothing of requests, approvals or the
+// store. Each implementation lives in its own subpackage, passes the
+// contract suite in connectortest against its real server, and is listed in
+// the registry package — the one file that names all code that can touch a
+// production system.
+package connector
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"github.com/lapsehq/lapse"
+)
+
+// Connector is the core contract every target implements.
+//
+// Idempotence is the rule that makes crash recovery work: the broker writes
+// its intent to the store before each call and repeats the call after a
+// crash, so Grant, Revoke and Verify may each be called more than once for
+// the same grant, and Revoke may be called for a grant whose Grant never
+// returned (State is then nil). Names a connector creates on the target must
+// therefore be derived from GrantID, so Revoke can find them without State.
+type Connector interface {
+	// Grant creates the privilege for req.GrantID. Calling it again for the
+	// same grant must not create a second privilege.
+	Grant(ctx context.Context, req *GrantRequest) (*GrantResponse, error)
+	// Revoke removes the privilege and everything that carries it: live
+	// sessions, cached credentials, objects and grants the principal made.
+	// It succeeds if there was nothing to remove.
+	Revoke(ctx context.Context, req *RevokeRequest) (*RevokeResponse, error)
+	// Verify checks, read-only and independently of what Revoke did, that
+	// the privilege is gone on every checkpoint, and returns the evidence.
+	// A residue is reported in the result, not as an error; an error means
+	// the check itself could not run.
+	Verify(ctx context.Context, req *VerifyRequest) (*VerifyResponse, error)
+	// Discover lists the principals on the target that carry privileges of
+	// the kind this connector grants, for drift detection.
+	Discover(ctx context.Context, req *DiscoverRequest) (*DiscoverResponse, error)
+}
+
+// SpecValidator is implemented by connectors that check an entitlement's
+// Spec when the catalog is loaded, so a bad catalog fails at start and not
+// at the first grant.
+type SpecValidator interface {
+	ValidateSpec(spec map[string]any) error
+}
+
+// Closer is implemented by connectors that hold resources (pools, clients).
+type Closer interface {
+	Close() error
+}
+
+// GrantRequest asks a connector to create a privilege.
+type GrantRequest struct {
+	GrantID     string
+	Principal   lapse.Principal
+	Entitlement string
+	Spec        map[string]any
+	// ExpiresAt is the grant's deadline. Connectors set it as the target's
+	// own expiry wherever the target has one (defence in depth).
+	ExpiresAt time.Time
+}
+
+// GrantResponse is what a connector made.
+type GrantResponse struct {
+	// Secret holds the credential's secret parts (password, token). The
+	// broker seals them and hands them to the grantee once.
+	Secret map[string]string
+	// Info holds non-secret parts (user name, host, audience).
+	Info map[string]string
+	// State is opaque to the broker and handed back on Revoke and Verify.
+	// It must not contain a secret.
+	State json.RawMessage
+	// Checkpoints names every system that accepted the privilege and must
+	// confirm its revocation.
+	Checkpoints []CheckpointSpec
+}
+
+// CheckpointSpec names one system that must confirm revocation.
+type CheckpointSpec struct {
+	Name string
+	Kind lapse.CheckpointKind
+}
+
+// RevokeRequest asks a connector to remove a privilege.
+type RevokeRequest struct {
+	GrantID   string
+	Principal lapse.Principal
+	Spec      map[string]any
+	// State is what Grant returned, or nil if Grant never returned.
+	State json.RawMessage
+}
+
+// RevokeResponse reports what Revoke did, for the audit trail.
+type RevokeResponse struct {
+	// Actions are short human-readable lines ("dropped role lapse_x",
+	// "terminated 2 sessions"). No secrets.
+	Actions []string
+}
+
+// VerifyRequest asks a connector to prove a privilege is gone.
+type VerifyRequest struct {
+	GrantID   string
+	Principal lapse.Principal
+	Spec      map[string]any
+	State     json.RawMessage
+}
+
+// VerifyResponse carries one result per checkpoint.
+type VerifyResponse struct {
+	Checkpoints []CheckpointResult
+}
+
+// Gone reports whether every checkpoint confirmed revocation.
+func (r *VerifyResponse) Gone() bool {
+	if len(r.Checkpoints) == 0 {
+		return false
+	}
+	for _, c := range r.Checkpoints {
+		if !c.Gone {
+			return false
+		}
+	}
+	return true
+}
+
+// CheckpointResult is what verification observed on one checkpoint.
+type CheckpointResult struct {
+	Name string
+	Kind lapse.CheckpointKind
+	// Gone is true when the privilege was observed absent.
+	Gone bool
+	// Evidence records what was checked and what was seen (JSON-encodable,
+	// no secrets).
+	Evidence map[string]any
+	// Residue lists what remains, when Gone is false.
+	Residue []string
+}
+
+// DiscoverRequest asks a connector to list privileges present on the target.
+type DiscoverRequest struct {
+	// Specs are the catalog's entitlement specs for this target, so the
+	// connector knows which roles or groups are "entitled".
+	Specs []map[string]any
+}
+
+// DiscoverResponse lists what is present on the target.
+type DiscoverResponse struct {
+	Principals []DiscoveredPrincipal
+}
+
+// DiscoveredPrincipal is one account or token holder found on a target.
+type DiscoveredPrincipal struct {
+	// Name is the target's own name for it (a role, a user, a token ID).
+	Name string
+	// Ephemeral is true for principals Lapse made; GrantID then names the
+	// grant they belong to, when the connector can tell.
+	Ephemeral bool
+	GrantID   string
+	// Privileges lists the entitled privileges it holds.
+	Privileges []string
+}
+
+// Env is what a connector receives from the process that opens it.
+type Env struct {
+	// Name is the target's configured name.
+	Name   string
+	Clock  lapse.Clock
+	Store  lapse.Store
+	Logger *slog.Logger
+	// DataDir is where the connector may keep files (keys).
+	DataDir string
+}
+
+// Factory opens a connector from its configuration block. decode strictly
+// decodes that block (unknown keys are errors that name file and line) into
+// the connector's own Config type.
+type Factory func(env Env, decode func(v any) error) (Connector, error)

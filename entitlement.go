@@ -1,0 +1,114 @@
+package lapse
+
+import "time"
+
+// Entitlement is a named, requestable privilege on one target: "prod-db/read",
+// "cache/flush", "payments-api/refund". The catalog of entitlements is policy;
+// it is loaded from configuration and never from a caller.
+type Entitlement struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// Target names the configured target (connector instance) that
+	// materialises the privilege.
+	Target string `json:"target"`
+	// Lanes lists the principal kinds that may request it.
+	Lanes []PrincipalKind `json:"lanes"`
+	// Requesters restricts who may request it: principal IDs or
+	// "group:NAME". Empty means any authenticated principal of an allowed lane.
+	Requesters []string `json:"requesters,omitempty"`
+
+	DefaultDuration Duration `json:"default_duration"`
+	MaxDuration     Duration `json:"max_duration"`
+	RequireReason   bool     `json:"require_reason"`
+	RequireTicket   bool     `json:"require_ticket"`
+	// PendingTimeout is how long a request waits for a decision before it
+	// expires.
+	PendingTimeout Duration `json:"pending_timeout"`
+
+	Approval ApprovalRule `json:"approval"`
+
+	// Spec is the connector-specific description of what is granted (roles,
+	// claims, ACL rules). The target's connector validates it at load time.
+	Spec map[string]any `json:"spec,omitempty"`
+}
+
+// ApprovalRule says who must approve a request before a grant is made.
+type ApprovalRule struct {
+	// Auto grants without a human decision (the machine lane's default).
+	Auto bool `json:"auto"`
+	// Required is the number of distinct eligible humans who must approve.
+	Required int `json:"required,omitempty"`
+	// Approvers are the principal IDs or "group:NAME" entries eligible to
+	// approve. The requester is never eligible for their own request.
+	Approvers []string `json:"approvers,omitempty"`
+}
+
+// AllowsLane reports whether kind may request the entitlement.
+func (e *Entitlement) AllowsLane(kind PrincipalKind) bool {
+	for _, k := range e.Lanes {
+		if k == kind {
+			return true
+		}
+	}
+	return false
+}
+
+// Matches reports whether p is named by a list of principal IDs and
+// "group:NAME" entries (already normalised).
+func Matches(list []string, p *Principal) bool {
+	for _, entry := range list {
+		if len(entry) > 6 && entry[:6] == "group:" {
+			if p.InGroup(entry[6:]) {
+				return true
+			}
+			continue
+		}
+		if entry == p.ID {
+			return true
+		}
+	}
+	return false
+}
+
+// Duration is a time.Duration that reads and writes as a Go duration string
+// ("15m", "8h") in JSON and YAML.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MaxAnyDuration bounds every duration Lapse accepts from input: nothing is
+// granted for longer than a year, and nothing larger can overflow a deadline.
+const MaxAnyDuration = 366 * 24 * time.Hour
+
+// ParseDuration parses a Go duration string and rejects values that are
+// absurd for a grant (longer than MaxAnyDuration). Zero and negative values
+// are returned as parsed; callers decide whether they are allowed.
+func ParseDuration(s string) (time.Duration, error) {
+	if len(s) > 32 {
+		return 0, FieldErrorf(EINVALID, "duration", "duration is too long to be valid")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, FieldErrorf(EINVALID, "duration", "not a duration like 15m or 8h")
+	}
+	if v > MaxAnyDuration || v < -MaxAnyDuration {
+		return 0, FieldErrorf(EINVALID, "duration", "duration is out of range")
+	}
+	return v, nil
+}

@@ -1,0 +1,100 @@
+package lapse
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Application error codes. They are transport-neutral; the HTTP layer maps
+// each to one status in exactly one table (api/errors.go). Clients and tests
+// match on codes, never on message text.
+const (
+	ECONFLICT     = "conflict"     // the object changed or is in a state that forbids the operation
+	EINTERNAL     = "internal"     // a bug or an unexpected failure; details are logged, not shown
+	EINVALID      = "invalid"      // the input is wrong; Field names what
+	ENOTFOUND     = "not_found"    // no such object, or the caller may not know it exists
+	EUNAUTHORIZED = "unauthorized" // no credential, or a bad, expired or revoked one
+	EFORBIDDEN    = "forbidden"    // authenticated, but not allowed
+	EUNAVAILABLE  = "unavailable"  // a dependency (store, target) cannot be reached; retry later
+	ETOOLARGE     = "too_large"    // the input exceeds a size limit
+	EGONE         = "gone"         // the object existed but is no longer available (credentials already claimed)
+	ERATELIMITED  = "rate_limited" // too many requests
+)
+
+// Error is Lapse's application error. Message is safe to show to the caller;
+// Err is the internal cause, which is logged but never sent over the wire.
+type Error struct {
+	Code    string
+	Field   string // the offending input field, when Code is EINVALID or ETOOLARGE
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	s := e.Code
+	if e.Field != "" {
+		s += " (" + e.Field + ")"
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns an *Error with the given code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// FieldErrorf returns an *Error that names the offending input field.
+func FieldErrorf(code, field, format string, args ...any) *Error {
+	return &Error{Code: code, Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// Internal wraps an unexpected error. The caller sees only "internal error".
+func Internal(op string, err error) *Error {
+	return &Error{Code: EINTERNAL, Message: "internal error", Err: fmt.Errorf("%s: %w", op, err)}
+}
+
+// ErrorCode returns the code of the first *Error in err's chain, EINTERNAL
+// for any other non-nil error, and "" for nil.
+func ErrorCode(err error) string {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return EINTERNAL
+}
+
+// ErrorField returns the offending field of the first *Error in err's chain.
+func ErrorField(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Field
+	}
+	return ""
+}
+
+// ErrorMessage returns the message of the first *Error in err's chain that
+// is safe to show to a caller; other errors become "internal error".
+func ErrorMessage(err error) string {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		if e.Message == "" {
+			return e.Code
+		}
+		return e.Message
+	}
+	return "internal error"
+}

@@ -1,0 +1,58 @@
+package lapse
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Event is one entry of the append-only audit log: one step of one request
+// or grant, or one administrative act. Data never holds a secret.
+type Event struct {
+	Seq       int64           `json:"seq"`
+	Time      time.Time       `json:"time"`
+	Type      string          `json:"type"`
+	ActorID   string          `json:"actor_id,omitempty"`
+	ActorKind PrincipalKind   `json:"actor_kind,omitempty"`
+	Channel   string          `json:"channel,omitempty"`
+	RequestID string          `json:"request_id,omitempty"`
+	GrantID   string          `json:"grant_id,omitempty"`
+	Outcome   string          `json:"outcome,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+}
+
+// Event types. Names are stable: SIEM rules match on them.
+const (
+	EventRequestCreated       = "request.created"
+	EventRequestApproved      = "request.approved" // one approval vote
+	EventRequestDenied        = "request.denied"
+	EventRequestDecided       = "request.decided" // the request reached a terminal state
+	EventRequestCancelled     = "request.cancelled"
+	EventRequestExpired       = "request.expired"
+	EventGrantCreated         = "grant.created"
+	EventGrantProvisioned     = "grant.provisioned"
+	EventGrantProvisionFailed = "grant.provision_failed"
+	EventCredentialsClaimed   = "grant.credentials_claimed"
+	EventGrantRevokeStarted   = "grant.revoke_started"
+	EventGrantRevokeFailed    = "grant.revoke_failed"
+	EventGrantVerified        = "grant.verified"
+	EventGrantVerifyFailed    = "grant.verify_failed"
+	EventGrantRevoked         = "grant.revoked"
+	EventAPIKeyCreated        = "apikey.created"
+	EventAPIKeyRevoked        = "apikey.revoked"
+)
+
+// Channels through which an action arrived.
+const (
+	ChannelAPI    = "api"
+	ChannelCLI    = "cli"
+	ChannelEngine = "engine"
+	ChannelSystem = "system"
+)
+
+// EventFilter selects events. Zero fields do not filter.
+type EventFilter struct {
+	RequestID string `json:"request_id,omitempty"`
+	GrantID   string `json:"grant_id,omitempty"`
+	AfterSeq  int64  `json:"after_seq,omitempty"`
+	Limit     int    `json:"limit,omitempty"`
+}

@@ -1,0 +1,125 @@
+package lapse
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+)
+
+// RequestState is where a request is in its lifecycle (DESIGN.md §2).
+type RequestState string
+
+// Request states. Only pending is not terminal.
+const (
+	RequestPending   RequestState = "pending"
+	RequestApproved  RequestState = "approved"
+	RequestDenied    RequestState = "denied"
+	RequestCancelled RequestState = "cancelled"
+	RequestExpired   RequestState = "expired"
+)
+
+// Terminal reports whether no further decision can change the request.
+func (s RequestState) Terminal() bool { return s != RequestPending }
+
+// Request is a principal asking for one entitlement for a duration. The
+// fields that describe what is asked are immutable once filed; Hash covers
+// them, and every approval binds to that hash.
+type Request struct {
+	ID          string       `json:"id"`
+	Requester   Principal    `json:"requester"`
+	Entitlement string       `json:"entitlement"`
+	Duration    Duration     `json:"duration"`
+	Reason      string       `json:"reason,omitempty"`
+	Ticket      string       `json:"ticket,omitempty"`
+	TaskID      string       `json:"task_id,omitempty"`
+	Channel     string       `json:"channel,omitempty"`
+	Hash        string       `json:"hash"`
+	State       RequestState `json:"state"`
+	Approvals   []*Approval  `json:"approvals,omitempty"`
+	// Required is the number of approvals the policy demanded when the
+	// request was filed (0 for auto-approval).
+	Required     int       `json:"required"`
+	GrantID      string    `json:"grant_id,omitempty"`
+	DecisionNote string    `json:"decision_note,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+	ExpiresAt    time.Time `json:"expires_at"` // when a pending request times out
+	DecidedAt    time.Time `json:"decided_at,omitzero"`
+	Version      int64     `json:"version"`
+}
+
+// ComputeHash returns the SHA-256 of the request's immutable fields in a
+// canonical JSON encoding. Approvals carry this hash, so an approval can never
+// be replayed against a request that says something else.
+func (r *Request) ComputeHash() string {
+	canon := struct {
+		ID          string        `json:"id"`
+		Requester   string        `json:"requester"`
+		Kind        PrincipalKind `json:"kind"`
+		Entitlement string        `json:"entitlement"`
+		Duration    int64         `json:"duration_ns"`
+		Reason      string        `json:"reason"`
+		Ticket      string        `json:"ticket"`
+		TaskID      string        `json:"task_id"`
+		CreatedAt   int64         `json:"created_at_unix_nano"`
+	}{r.ID, r.Requester.ID, r.Requester.Kind, r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.CreatedAt.UnixNano()}
+	b, _ := json.Marshal(canon) // a fixed struct of strings and ints cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Decision is an approver's verdict.
+type Decision string
+
+// Decisions.
+const (
+	DecisionApprove Decision = "approve"
+	DecisionDeny    Decision = "deny"
+)
+
+// Approval is one human's decision on one request. At most one per
+// (request, approver): a second vote by the same person is refused.
+type Approval struct {
+	RequestID   string    `json:"request_id"`
+	Approver    Principal `json:"approver"`
+	Decision    Decision  `json:"decision"`
+	Comment     string    `json:"comment,omitempty"`
+	RequestHash string    `json:"request_hash"`
+	Channel     string    `json:"channel,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// RequestInput is what a caller sends to file a request.
+type RequestInput struct {
+	Entitlement string   `json:"entitlement"`
+	Duration    Duration `json:"duration,omitempty"`
+	Reason      string   `json:"reason,omitempty"`
+	Ticket      string   `json:"ticket,omitempty"`
+	TaskID      string   `json:"task_id,omitempty"`
+}
+
+// DecisionInput is what an approver sends with approve or deny. RequestHash,
+// when set, must equal the request's hash: the approver saw what they approve.
+type DecisionInput struct {
+	Comment     string `json:"comment,omitempty"`
+	RequestHash string `json:"request_hash,omitempty"`
+}
+
+// RequestFilter selects requests. Zero fields do not filter.
+type RequestFilter struct {
+	State       RequestState `json:"state,omitempty"`
+	RequesterID string       `json:"requester_id,omitempty"`
+	// Approvable selects pending requests that the caller may decide.
+	Approvable bool `json:"approvable,omitempty"`
+	Limit      int  `json:"limit,omitempty"`
+}
+
+// Input limits, enforced before anything is stored.
+const (
+	MaxReasonLength  = 2048
+	MaxTicketLength  = 128
+	MaxTaskIDLength  = 128
+	MaxCommentLength = 2048
+	DefaultListLimit = 100
+	MaxListLimit     = 1000
+)

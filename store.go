@@ -1,0 +1,137 @@
+package lapse
+
+import (
+	"context"
+	"time"
+)
+
+// Store is Lapse's durable state: requests, approvals, grants, checkpoints,
+// events, API keys and token revocations. The sqlstore package implements it
+// on SQLite and on PostgreSQL; storetest is the conformance suite both pass.
+//
+// Consistency rule: every change goes through Update, whose transaction
+// either commits entirely or not at all. Requests and grants carry a Version;
+// Tx.UpdateRequest and Tx.UpdateGrant succeed only if the stored version is
+// the one the caller read (compare-and-swap), so two concurrent transitions
+// on one object end in exactly one outcome on both databases.
+type Store interface {
+	// Update runs fn in a read-write transaction and commits if fn returns
+	// nil. The store may run fn more than once if the database reports a
+	// serialisation failure, so fn must not have side effects outside tx.
+	Update(ctx context.Context, fn func(tx Tx) error) error
+
+	// GetRequest returns a request with its approvals.
+	// Returns ENOTFOUND if it does not exist.
+	GetRequest(ctx context.Context, id string) (*Request, error)
+	// ListRequests returns requests, newest first. Approvable is not
+	// interpreted by the store (it is a broker concern) and is ignored.
+	ListRequests(ctx context.Context, f RequestFilter) ([]*Request, error)
+	// GetGrant returns a grant with its checkpoints (not its events).
+	// Returns ENOTFOUND if it does not exist.
+	GetGrant(ctx context.Context, id string) (*Grant, error)
+	// ListGrants returns grants, newest first, without checkpoints.
+	ListGrants(ctx context.Context, f GrantFilter) ([]*Grant, error)
+	// CountGrantsByState returns the number of grants in each state.
+	CountGrantsByState(ctx context.Context) (map[GrantState]int, error)
+	// ListEvents returns events in sequence order.
+	ListEvents(ctx context.Context, f EventFilter) ([]*Event, error)
+
+	// ClaimDueGrants leases up to in.Limit grants whose DueAt is at or
+	// before in.Now and whose lease is free or expired, oldest DueAt first.
+	// Each claimed grant's LeaseOwner, LeaseUntil, Fence (incremented) and
+	// Version (incremented) are updated and returned. Two concurrent
+	// callers never receive the same grant while its lease is valid.
+	ClaimDueGrants(ctx context.Context, in ClaimInput) ([]*Grant, error)
+	// NextDueAt returns the earliest DueAt of any grant that is not revoked,
+	// or ok=false when there is none.
+	NextDueAt(ctx context.Context) (t time.Time, ok bool, err error)
+	// DueCounts returns, per target, how many grants are due at or before now.
+	DueCounts(ctx context.Context, now time.Time) (map[string]int, error)
+
+	// GetAPIKey returns the key with this prefix.
+	// Returns ENOTFOUND if none exists.
+	GetAPIKey(ctx context.Context, prefix string) (*APIKey, error)
+	// ListAPIKeys returns all keys, newest first, without hashes.
+	ListAPIKeys(ctx context.Context) ([]*APIKey, error)
+
+	// TokenRevocations returns the revocation feed of a token target: the
+	// entries after seq, in order, at most limit.
+	TokenRevocations(ctx context.Context, target string, afterSeq int64, limit int) ([]*TokenRevocation, error)
+	// TokenRevoked reports whether the token with this ID was revoked on the
+	// target.
+	TokenRevoked(ctx context.Context, target, tokenID string) (bool, error)
+	// ConsumerAcks returns, per consumer of a token target, the highest feed
+	// sequence it acknowledged.
+	ConsumerAcks(ctx context.Context, target string) (map[string]int64, error)
+
+	Close() error
+}
+
+// Tx is one read-write transaction (see Store.Update).
+type Tx interface {
+	// GetRequest reads a request and its approvals, locking it against
+	// concurrent writers until the transaction ends.
+	// Returns ENOTFOUND if it does not exist.
+	GetRequest(ctx context.Context, id string) (*Request, error)
+	// InsertRequest stores a new request with Version 1.
+	// Returns ECONFLICT if the ID exists.
+	InsertRequest(ctx context.Context, r *Request) error
+	// UpdateRequest writes r if the stored version equals r.Version, then
+	// increments r.Version. Approvals are not written (see InsertApproval).
+	// Returns ECONFLICT on a version mismatch, ENOTFOUND if r does not exist.
+	UpdateRequest(ctx context.Context, r *Request) error
+	// InsertApproval records one decision.
+	// Returns ECONFLICT if this approver already decided this request.
+	InsertApproval(ctx context.Context, a *Approval) error
+
+	// GetGrant reads a grant with its checkpoints, locking it.
+	// Returns ENOTFOUND if it does not exist.
+	GetGrant(ctx context.Context, id string) (*Grant, error)
+	// InsertGrant stores a new grant (and its checkpoints) with Version 1.
+	// Returns ECONFLICT if the ID exists.
+	InsertGrant(ctx context.Context, g *Grant) error
+	// UpdateGrant writes g (not its checkpoints) if the stored version
+	// equals g.Version, then increments g.Version.
+	// Returns ECONFLICT on a version mismatch, ENOTFOUND if g does not exist.
+	UpdateGrant(ctx context.Context, g *Grant) error
+	// PutCheckpoint inserts or replaces the checkpoint (GrantID, Name).
+	PutCheckpoint(ctx context.Context, c *Checkpoint) error
+
+	// AppendEvent appends e to the log and sets e.Seq. Sequence numbers are
+	// gap-free and strictly increasing in commit order.
+	AppendEvent(ctx context.Context, e *Event) error
+
+	// InsertAPIKey stores a new key. Returns ECONFLICT if the prefix exists.
+	InsertAPIKey(ctx context.Context, k *APIKey) error
+	// UpdateAPIKey writes RevokedAt and LastUsedAt of an existing key.
+	// Returns ENOTFOUND if it does not exist.
+	UpdateAPIKey(ctx context.Context, k *APIKey) error
+
+	// AddTokenRevocation appends a token to a target's revocation feed and
+	// returns its feed sequence. Adding the same token again returns the
+	// existing sequence and changes nothing.
+	AddTokenRevocation(ctx context.Context, r *TokenRevocation) (int64, error)
+	// AckTokenRevocations records that consumer has applied the feed of
+	// target up to seq. Acknowledgements only move forward.
+	AckTokenRevocations(ctx context.Context, target, consumer string, seq int64) error
+}
+
+// ClaimInput parameterises Store.ClaimDueGrants.
+type ClaimInput struct {
+	Owner string
+	Now   time.Time
+	Lease time.Duration
+	Limit int
+	// Target, when set, restricts the claim to one target.
+	Target string
+}
+
+// TokenRevocation is one entry of a token target's revocation feed.
+type TokenRevocation struct {
+	Target    string    `json:"target"`
+	Seq       int64     `json:"seq"`
+	TokenID   string    `json:"jti"`
+	GrantID   string    `json:"grant_id"`
+	ExpiresAt time.Time `json:"exp"`
+	RevokedAt time.Time `json:"revoked_at"`
+}
