@@ -125,3 +125,19 @@ func FromContext(ctx context.Context) *Principal {
 	p, _ := ctx.Value(principalKey{}).(*Principal)
 	return p
 }
+
+type channelKey struct{}
+
+// WithChannel returns a context that records the channel an action arrived
+// through (ChannelAPI, ChannelCLI, …), for the audit trail.
+func WithChannel(ctx context.Context, channel string) context.Context {
+	return context.WithValue(ctx, channelKey{}, channel)
+}
+
+// ChannelFrom returns the channel recorded in ctx, or ChannelAPI.
+func ChannelFrom(ctx context.Context) string {
+	if c, ok := ctx.Value(channelKey{}).(string); ok && c != "" {
+		return c
+	}
+	return ChannelAPI
+}
