@@ -78,6 +78,12 @@ type GrantResponse struct {
 	// Checkpoints names every system that accepted the privilege and must
 	// confirm its revocation.
 	Checkpoints []CheckpointSpec
+	// Probe is secret material that lets Verify attempt a real login with
+	// the grant's own credentials (usually the same password as Secret).
+	// The broker keeps it encrypted with its sealing key, hands it back in
+	// VerifyRequest.Probe, and erases it once revocation is verified. It is
+	// never shown, logged or stored in clear.
+	Probe map[string]string
 }
 
 // CheckpointSpec names one system that must confirm revocation.
@@ -108,6 +114,10 @@ type VerifyRequest struct {
 	Principal lapse.Principal
 	Spec      map[string]any
 	State     json.RawMessage
+	// Probe is what Grant returned in GrantResponse.Probe (nil if Grant
+	// never returned); Verify uses it for a real login attempt that must
+	// fail.
+	Probe map[string]string
 }
 
 // VerifyResponse carries one result per checkpoint.
