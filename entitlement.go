@@ -82,11 +82,17 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
-// UnmarshalText implements encoding.TextUnmarshaler.
+// UnmarshalText implements encoding.TextUnmarshaler. Every duration Lapse
+// reads from input or configuration is positive: zero and negative values
+// are rejected here, so an omitted duration (the zero value) and an explicit
+// "0s" can never be confused.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := ParseDuration(string(b))
 	if err != nil {
 		return err
+	}
+	if v <= 0 {
+		return FieldErrorf(EINVALID, "duration", "duration must be positive")
 	}
 	*d = Duration(v)
 	return nil
