@@ -75,6 +75,10 @@ type Grant struct {
 	// claims them once; then it is cleared.
 	SealedCredentials  []byte `json:"-"`
 	CredentialsClaimed bool   `json:"credentials_claimed"`
+	// SealedProbe holds the connector's probe material (see
+	// connector.GrantResponse.Probe), encrypted, until revocation is
+	// verified; then it is cleared.
+	SealedProbe []byte `json:"-"`
 
 	Attempts  int    `json:"attempts"`
 	LastError string `json:"last_error,omitempty"`
