@@ -1,0 +1,275 @@
+// Package broker is Lapse's lifecycle: it files requests, counts approvals,
+// creates grants, and drives every grant through provisioning, expiry,
+// revocation and verification (DESIGN.md §2). It implements lapse.Service
+// for the API and owns the engine that acts on durable deadlines.
+//
+// Two rules hold everywhere in this package. A state change is written to
+// the store before a connector is called, so a crash at any point leaves a
+// record the engine can finish. And only the holder of a grant's lease calls
+// connectors for it: everyone else (an API call that releases or revokes)
+// writes intent, and the lease holder — or, after its lease lapses, the next
+// claimant — acts on it.
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/connector"
+)
+
+// Config is what New needs. Zero values take the documented defaults.
+type Config struct {
+	Store      lapse.Store
+	Clock      lapse.Clock  // nil = lapse.SystemClock{}
+	Logger     *slog.Logger // nil = discard
+	Catalog    []*lapse.Entitlement
+	Targets    map[string]Target // by target name
+	SealingKey []byte            // 32 bytes, AES-256-GCM
+	Engine     EngineConfig
+	Registerer prometheus.Registerer // nil = no metrics registered
+}
+
+// Target is one configured connector instance.
+type Target struct {
+	Kind        string // connector kind, e.g. "token"
+	Connector   connector.Connector
+	Concurrency int // max concurrent connector calls on this target; 0 = 16
+}
+
+// EngineConfig tunes the lifecycle engine.
+type EngineConfig struct {
+	// Owner identifies this process in leases; "" = hostname-pid-random.
+	Owner string
+	// Lease is how long a claim on a grant lasts. A process that crashed
+	// holding a claim delays that grant's revocation by at most this long.
+	// Connector calls are cut off before the lease ends. 0 = 30s.
+	Lease time.Duration
+	// BatchSize is the most grants claimed in one store round trip. 0 = 512.
+	BatchSize int
+	// PollInterval bounds how long the engine sleeps without looking at the
+	// store, so deadlines written by another replica are seen. 0 = 1s.
+	PollInterval time.Duration
+	// RetryBase and RetryMax shape the back-off of failed revocations:
+	// attempt n waits min(RetryMax, RetryBase·2^(n-1)), jittered to between
+	// half and all of it. Retries never stop. 0 = 1s and 5m.
+	RetryBase time.Duration
+	RetryMax  time.Duration
+	// OverdueRate paces grants that were already overdue by more than
+	// OverdueGrace when claimed (a backlog after downtime): at most this
+	// many per second per target. Grants that fall due while the engine
+	// runs are not paced. 0 = 2000/s.
+	OverdueRate float64
+	// OverdueGrace: see OverdueRate. 0 = 5s.
+	OverdueGrace time.Duration
+}
+
+func (c *EngineConfig) setDefaults() {
+	if c.Owner == "" {
+		host, _ := os.Hostname()
+		c.Owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), lapse.NewID("e", time.Now())[2:10])
+	}
+	if c.Lease <= 0 {
+		c.Lease = 30 * time.Second
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 512
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 5 * time.Minute
+	}
+	if c.RetryMax < c.RetryBase {
+		c.RetryMax = c.RetryBase
+	}
+	if c.OverdueRate <= 0 {
+		c.OverdueRate = 2000
+	}
+	if c.OverdueGrace <= 0 {
+		c.OverdueGrace = 5 * time.Second
+	}
+}
+
+// DefaultPendingTimeout is how long a request waits for a decision when its
+// entitlement does not say.
+const DefaultPendingTimeout = 24 * time.Hour
+
+// Broker implements lapse.Service and runs the lifecycle engine.
+type Broker struct {
+	store   lapse.Store
+	clock   lapse.Clock
+	log     *slog.Logger
+	catalog atomic.Pointer[catalog]
+	targets map[string]*target
+	sealer  *sealer
+	cfg     EngineConfig
+	metrics *metrics
+
+	// wake nudges the engine loop (a grant became due now).
+	wake chan struct{}
+	// running is set while Run is active, for readiness.
+	running atomic.Bool
+
+	waitMu  sync.Mutex
+	waiters map[string][]chan struct{} // grant ID → released when the grant settles
+
+	engine *engine
+}
+
+var _ lapse.Service = (*Broker)(nil)
+
+type catalog struct {
+	byName map[string]*lapse.Entitlement
+	names  []string
+}
+
+// New validates cfg and returns a broker. It returns an error naming the
+// entitlement when the catalog refers to an unknown target or has an invalid
+// entry, and when a target's connector rejects an entitlement's spec.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Store == nil {
+		return nil, fmt.Errorf("broker: no store")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = lapse.SystemClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s, err := newSealer(cfg.SealingKey)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	cfg.Engine.setDefaults()
+	b := &Broker{
+		store:   cfg.Store,
+		clock:   cfg.Clock,
+		log:     cfg.Logger,
+		targets: make(map[string]*target, len(cfg.Targets)),
+		sealer:  s,
+		cfg:     cfg.Engine,
+		wake:    make(chan struct{}, 1),
+		waiters: make(map[string][]chan struct{}),
+	}
+	for name, t := range cfg.Targets {
+		if t.Connector == nil {
+			return nil, fmt.Errorf("broker: target %s has no connector", name)
+		}
+		b.targets[name] = newTarget(name, t, b.cfg)
+	}
+	if err := b.SetCatalog(cfg.Catalog); err != nil {
+		return nil, err
+	}
+	b.metrics = newMetrics(b, cfg.Registerer)
+	b.engine = newEngine(b)
+	return b, nil
+}
+
+// SetCatalog validates and installs a new entitlement catalog. Grants in
+// flight keep the entitlement they were made for; a grant whose entitlement
+// disappears before it is provisioned is never provisioned. On error the
+// previous catalog stays in force.
+func (b *Broker) SetCatalog(entries []*lapse.Entitlement) error {
+	c := &catalog{byName: make(map[string]*lapse.Entitlement, len(entries))}
+	for _, e := range entries {
+		if e == nil || e.Name == "" {
+			return fmt.Errorf("broker: catalog entry without a name")
+		}
+		if _, dup := c.byName[e.Name]; dup {
+			return fmt.Errorf("broker: entitlement %s is defined twice", e.Name)
+		}
+		t, ok := b.targets[e.Target]
+		if !ok {
+			return fmt.Errorf("broker: entitlement %s: unknown target %q", e.Name, e.Target)
+		}
+		if e.MaxDuration <= 0 || e.DefaultDuration <= 0 || e.DefaultDuration > e.MaxDuration {
+			return fmt.Errorf("broker: entitlement %s: need 0 < default_duration <= max_duration", e.Name)
+		}
+		if !e.Approval.Auto && (e.Approval.Required < 1 || len(e.Approval.Approvers) == 0) {
+			return fmt.Errorf("broker: entitlement %s: approval needs auto, or required >= 1 and approvers", e.Name)
+		}
+		if v, ok := t.conn.(connector.SpecValidator); ok {
+			if err := v.ValidateSpec(e.Spec); err != nil {
+				return fmt.Errorf("broker: entitlement %s: spec: %w", e.Name, err)
+			}
+		}
+		c.byName[e.Name] = e
+		c.names = append(c.names, e.Name)
+	}
+	sort.Strings(c.names)
+	b.catalog.Store(c)
+	return nil
+}
+
+func (b *Broker) entitlement(name string) *lapse.Entitlement {
+	return b.catalog.Load().byName[name]
+}
+
+// Ready reports whether the broker can issue privileges: the engine is
+// running and the store answers.
+func (b *Broker) Ready(ctx context.Context) error {
+	if !b.running.Load() {
+		return lapse.Errorf(lapse.EUNAVAILABLE, "engine is not running")
+	}
+	if _, err := b.store.CountGrantsByState(ctx); err != nil {
+		return lapse.Errorf(lapse.EUNAVAILABLE, "store is unavailable")
+	}
+	return nil
+}
+
+// nudge wakes the engine without blocking.
+func (b *Broker) nudge() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// settled is called after a commit that moved a grant to a state a waiter
+// may be waiting for.
+func (b *Broker) settled(grantID string) {
+	b.waitMu.Lock()
+	ws := b.waiters[grantID]
+	delete(b.waiters, grantID)
+	b.waitMu.Unlock()
+	for _, w := range ws {
+		close(w)
+	}
+}
+
+func (b *Broker) waitChan(grantID string) chan struct{} {
+	ch := make(chan struct{})
+	b.waitMu.Lock()
+	b.waiters[grantID] = append(b.waiters[grantID], ch)
+	b.waitMu.Unlock()
+	return ch
+}
+
+func (b *Broker) dropWaiter(grantID string, ch chan struct{}) {
+	b.waitMu.Lock()
+	defer b.waitMu.Unlock()
+	ws := b.waiters[grantID]
+	for i, w := range ws {
+		if w == ch {
+			b.waiters[grantID] = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(b.waiters[grantID]) == 0 {
+		delete(b.waiters, grantID)
+	}
+}

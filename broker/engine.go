@@ -1,0 +1,802 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/connector"
+)
+
+// The engine acts on durable deadlines. Its work list is the store itself:
+// every grant that is not revoked has a DueAt, and the engine claims due
+// grants with a lease (ClaimDueGrants), so a restart, a crash or another
+// replica taking over loses nothing — an unfinished claim simply lapses and
+// the grant is claimed again. The pipeline for one batch:
+//
+//	claim (one statement) → plan: write intent for the whole batch (one
+//	transaction) → per-target workers call the connector, bounded by the
+//	target's concurrency → one committer writes results in batches (group
+//	commit) → grants that need another step are dispatched again.
+//
+// Every write is compare-and-swap on the grant's version; the claim bumped
+// the version and the fence, so a process whose lease was taken over cannot
+// write, and it checks its lease before every connector call so it does not
+// act either.
+
+type action int
+
+const (
+	actNone action = iota
+	actProvision
+	actRevoke
+	actVerify
+)
+
+// target is one connector instance with its concurrency limit and pacing.
+type target struct {
+	name     string
+	kind     string
+	conn     connector.Connector
+	sem      chan struct{}
+	overdue  *rate.Limiter
+	inflight atomic.Int64
+	// callNanos is an exponentially weighted moving average of connector
+	// call durations, used to size claims so claimed work fits in a lease.
+	callNanos atomic.Int64
+	batch     int
+	lease     time.Duration
+}
+
+func newTarget(name string, t Target, cfg EngineConfig) *target {
+	n := t.Concurrency
+	if n <= 0 {
+		n = 16
+	}
+	tg := &target{
+		name: name, kind: t.Kind, conn: t.Connector,
+		sem:     make(chan struct{}, n),
+		overdue: rate.NewLimiter(rate.Limit(cfg.OverdueRate), max(1, int(cfg.OverdueRate/10))),
+		batch:   cfg.BatchSize,
+		lease:   cfg.Lease,
+	}
+	tg.callNanos.Store(int64(5 * time.Millisecond))
+	return tg
+}
+
+// capacity is how many grants of this target may be claimed and in flight
+// at once: as many as the target can get through in half a lease at its
+// observed speed, at least its concurrency, at most two batches.
+func (t *target) capacity() int {
+	per := time.Duration(t.callNanos.Load())
+	if per <= 0 {
+		per = time.Millisecond
+	}
+	n := int(int64(cap(t.sem)) * int64(t.lease/2) / int64(per))
+	return min(max(n, cap(t.sem)), 2*t.batch)
+}
+
+func (t *target) observe(d time.Duration) {
+	old := t.callNanos.Load()
+	t.callNanos.Store(old + (int64(d)-old)/8)
+}
+
+type engine struct {
+	b         *Broker
+	results   chan *result
+	inflight  sync.WaitGroup // one per grant from dispatch until its last result is committed
+	mu        sync.Mutex
+	active    int // users of the committer (Run, Tick)
+	done      chan struct{}
+	lastSweep time.Time
+}
+
+// result is the outcome of one connector step on one claimed grant, to be
+// written by the committer.
+type result struct {
+	t           *target
+	g           *lapse.Grant
+	checkpoints []*lapse.Checkpoint
+	events      []*lapse.Event
+	next        action // dispatch again after the commit
+	fence       int64
+}
+
+func newEngine(b *Broker) *engine {
+	return &engine{b: b}
+}
+
+// start launches the committer if it is not running.
+func (e *engine) start() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.active++
+	if e.active > 1 {
+		return
+	}
+	e.results = make(chan *result, 4*e.b.cfg.BatchSize)
+	e.done = make(chan struct{})
+	go e.commitLoop(e.results, e.done)
+}
+
+// stop waits for in-flight work to be written, then stops the committer.
+func (e *engine) stop() {
+	e.inflight.Wait()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.active--
+	if e.active > 0 {
+		return
+	}
+	close(e.results)
+	<-e.done
+}
+
+// Run is the lifecycle engine: it acts on every due grant until ctx ends,
+// then waits for in-flight connector calls and writes to finish, so a
+// graceful shutdown leaves nothing half done.
+func (b *Broker) Run(ctx context.Context) error {
+	e := b.engine
+	e.start()
+	b.running.Store(true)
+	defer func() {
+		b.running.Store(false)
+		e.stop()
+	}()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-b.wake:
+		}
+		claimed, err := e.cycle(ctx)
+		if err != nil && ctx.Err() == nil {
+			b.log.Warn("engine cycle failed; retrying", "err", err)
+		}
+		e.sweepRequests(ctx)
+		wait := b.cfg.PollInterval
+		if claimed > 0 {
+			// More may be due right now, or capacity was the limit: come
+			// back soon rather than at the next deadline.
+			wait = 2 * time.Millisecond
+		} else if next, ok, err := b.store.NextDueAt(ctx); err == nil && ok {
+			if d := next.Sub(b.clock.Now()); d < wait {
+				wait = max(d, 0)
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// Tick runs the engine synchronously until nothing is due at the clock's
+// current time and all work is written. Tests use it with a fake clock.
+func (b *Broker) Tick(ctx context.Context) error {
+	e := b.engine
+	e.start()
+	defer e.stop()
+	for {
+		n, err := e.cycle(ctx)
+		if err != nil {
+			return err
+		}
+		e.inflight.Wait()
+		e.sweepRequests(ctx)
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// cycle claims due grants for every target with free capacity and
+// dispatches them. It returns how many grants it claimed.
+func (e *engine) cycle(ctx context.Context) (int, error) {
+	b := e.b
+	now := b.clock.Now()
+	due, err := b.store.DueCounts(ctx, now)
+	if err != nil {
+		return 0, err
+	}
+	names := make([]string, 0, len(due))
+	for name := range due {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	claimed := 0
+	for _, name := range names {
+		t := b.targets[name]
+		if t == nil {
+			b.metrics.unknownTarget(name, due[name])
+			continue
+		}
+		free := t.capacity() - int(t.inflight.Load())
+		limit := min(free, b.cfg.BatchSize, due[name])
+		if limit <= 0 {
+			continue
+		}
+		gs, err := b.store.ClaimDueGrants(ctx, lapse.ClaimInput{Owner: b.cfg.Owner, Now: now, Lease: b.cfg.Lease, Limit: limit, Target: name})
+		if err != nil {
+			return claimed, err
+		}
+		claimed += len(gs)
+		if err := e.admit(ctx, t, gs, now); err != nil {
+			return claimed, err
+		}
+	}
+	return claimed, nil
+}
+
+// admit plans each claimed grant, writes the intents of the whole batch in
+// one transaction, then dispatches the connector steps.
+func (e *engine) admit(ctx context.Context, t *target, gs []*lapse.Grant, now time.Time) error {
+	type planned struct {
+		g   *lapse.Grant
+		act action
+		ev  *lapse.Event
+	}
+	var writes []planned
+	var dispatch []planned
+	for _, g := range gs {
+		g2, act, ev := e.plan(g, now)
+		p := planned{g2, act, ev}
+		if g2 != nil {
+			writes = append(writes, p)
+		}
+		if act != actNone {
+			dispatch = append(dispatch, p)
+		}
+	}
+	if len(writes) > 0 {
+		versions := make([]int64, len(writes))
+		for i, w := range writes {
+			versions[i] = w.g.Version
+		}
+		failed := make(map[string]bool)
+		err := e.b.store.Update(ctx, func(tx lapse.Tx) error {
+			clear(failed)
+			for i, w := range writes {
+				w.g.Version = versions[i]
+				if err := tx.UpdateGrant(ctx, w.g); err != nil {
+					if c := lapse.ErrorCode(err); c == lapse.ECONFLICT || c == lapse.ENOTFOUND {
+						failed[w.g.ID] = true // someone else moved it; leave it to them
+						continue
+					}
+					return err
+				}
+				if w.ev != nil {
+					if err := tx.AppendEvent(ctx, w.ev); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			// Nothing was written; the leases lapse and the grants are
+			// claimed again.
+			return err
+		}
+		kept := dispatch[:0]
+		for _, d := range dispatch {
+			if !failed[d.g.ID] {
+				kept = append(kept, d)
+			}
+		}
+		dispatch = kept
+	}
+	for _, d := range dispatch {
+		e.dispatch(t, d.g, d.act, d.g.Fence, d.g.DueAt.Before(now.Add(-e.b.cfg.OverdueGrace)))
+	}
+	return nil
+}
+
+// plan decides what to do with a claimed grant at time now. It returns the
+// grant to write first (nil if nothing needs writing before the action), the
+// connector step to take, and the event that records the intent.
+func (e *engine) plan(g *lapse.Grant, now time.Time) (*lapse.Grant, action, *lapse.Event) {
+	b := e.b
+	ev := func(typ, outcome string, data map[string]any) *lapse.Event {
+		return b.grantEvent(context.Background(), typ, g, outcome, data)
+	}
+	startRevoke := func(reason lapse.EndReason, note string) (*lapse.Grant, action, *lapse.Event) {
+		g.State = lapse.GrantRevoking
+		if g.EndReason == "" {
+			g.EndReason = reason
+		}
+		if g.RevokeStartedAt.IsZero() {
+			g.RevokeStartedAt = now
+		}
+		g.DueAt = now
+		return g, actRevoke, ev(lapse.EventGrantRevokeStarted, string(g.EndReason), map[string]any{"note": note})
+	}
+	switch g.State {
+	case lapse.GrantScheduled:
+		if b.entitlement(g.Entitlement) == nil {
+			g.LastError = "entitlement is no longer in the catalog"
+			return startRevoke(lapse.EndProvisionFailed, g.LastError)
+		}
+		if !now.Before(g.ExpiresAt) {
+			return startRevoke(lapse.EndExpired, "deadline passed before provisioning")
+		}
+		if now.Before(g.StartsAt) {
+			g.DueAt, g.LeaseOwner, g.LeaseUntil = g.StartsAt, "", time.Time{}
+			return g, actNone, nil
+		}
+		g.State = lapse.GrantProvisioning
+		g.DueAt = g.LeaseUntil
+		return g, actProvision, ev("grant.provision_started", "provisioning", nil)
+	case lapse.GrantProvisioning:
+		if !now.Before(g.ExpiresAt) {
+			return startRevoke(lapse.EndExpired, "deadline passed during provisioning")
+		}
+		// A claim found it provisioning: a previous attempt did not finish.
+		// Grant is idempotent, so try again.
+		return nil, actProvision, nil
+	case lapse.GrantActive:
+		if now.Before(g.ExpiresAt) {
+			g.DueAt, g.LeaseOwner, g.LeaseUntil = g.ExpiresAt, "", time.Time{}
+			return g, actNone, nil
+		}
+		return startRevoke(lapse.EndExpired, "deadline reached")
+	case lapse.GrantRevoking, lapse.GrantRevokeFailed:
+		return nil, actRevoke, nil
+	case lapse.GrantVerifying:
+		return nil, actVerify, nil
+	default: // revoked: nothing to do; drop the lease
+		g.DueAt, g.LeaseOwner, g.LeaseUntil = time.Time{}, "", time.Time{}
+		return g, actNone, nil
+	}
+}
+
+func (e *engine) dispatch(t *target, g *lapse.Grant, act action, fence int64, overdue bool) {
+	e.inflight.Add(1)
+	t.inflight.Add(1)
+	go func() {
+		if overdue {
+			// A backlog after downtime: pace it so the target is not hit by
+			// a stampede. The lease check below still applies.
+			r := t.overdue.Reserve()
+			time.Sleep(r.Delay())
+		}
+		t.sem <- struct{}{}
+		res := e.step(t, g, act, fence)
+		<-t.sem
+		t.inflight.Add(-1)
+		if res == nil {
+			e.inflight.Done()
+			return
+		}
+		e.results <- res
+	}()
+}
+
+// leaseMargin is how much of a lease must remain for a connector call to
+// start; calls are cut off at the margin, before another process may claim.
+func (e *engine) leaseMargin() time.Duration { return e.b.cfg.Lease / 10 }
+
+// step performs one connector step on a claimed grant and returns the
+// result to commit, or nil if the lease no longer allows acting.
+func (e *engine) step(t *target, g *lapse.Grant, act action, fence int64) *result {
+	b := e.b
+	now := b.clock.Now()
+	deadline := g.LeaseUntil.Add(-e.leaseMargin())
+	if g.LeaseOwner != b.cfg.Owner || !now.Before(deadline) {
+		// Our claim is over (or was never ours): whoever claims next acts.
+		b.metrics.fenced.Inc()
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deadline.Sub(now))
+	defer cancel()
+	res := &result{t: t, g: g, fence: fence}
+	switch act {
+	case actProvision:
+		e.provision(ctx, t, res)
+	case actRevoke:
+		e.revoke(ctx, t, res, true)
+	case actVerify:
+		e.revoke(ctx, t, res, false)
+	}
+	return res
+}
+
+func (e *engine) spec(g *lapse.Grant) map[string]any {
+	if ent := e.b.entitlement(g.Entitlement); ent != nil {
+		return ent.Spec
+	}
+	return nil
+}
+
+// provision calls Grant and records the outcome in res.
+func (e *engine) provision(ctx context.Context, t *target, res *result) {
+	b := e.b
+	g := res.g
+	start := time.Now()
+	resp, err := t.conn.Grant(ctx, &connector.GrantRequest{GrantID: g.ID, Principal: g.Principal, Entitlement: g.Entitlement, Spec: e.spec(g), ExpiresAt: g.ExpiresAt})
+	t.observe(time.Since(start))
+	b.metrics.call(t.name, "grant", err, time.Since(start))
+	now := b.clock.Now()
+	if err == nil {
+		err = e.applyGrant(g, res, resp, now)
+	}
+	if err != nil {
+		// Undo whatever was made: revocation runs next, through the same
+		// verified path as any other.
+		g.Attempts++
+		g.LastError = safeError(err)
+		g.State = lapse.GrantRevoking
+		g.EndReason = lapse.EndProvisionFailed
+		g.RevokeStartedAt = now
+		g.DueAt = now
+		res.events = append(res.events, b.grantEvent(context.Background(), lapse.EventGrantProvisionFailed, g, "failed", map[string]any{"error": g.LastError}))
+		res.next = actRevoke
+		b.log.Warn("provisioning failed; undoing", "grant", g.ID, "target", t.name, "err", g.LastError)
+		return
+	}
+	res.events = append(res.events, b.grantEvent(context.Background(), lapse.EventGrantProvisioned, g, "active", map[string]any{"checkpoints": len(res.checkpoints), "expires_at": g.ExpiresAt}))
+}
+
+// applyGrant moves g to active with the connector's response.
+func (e *engine) applyGrant(g *lapse.Grant, res *result, resp *connector.GrantResponse, now time.Time) error {
+	b := e.b
+	if len(resp.Checkpoints) == 0 {
+		return errors.New("connector named no checkpoints; revocation could never be verified")
+	}
+	creds, err := b.sealer.seal(g.ID, purposeCredentials, resp.Secret)
+	if err != nil {
+		return err
+	}
+	probe, err := b.sealer.seal(g.ID, purposeProbe, resp.Probe)
+	if err != nil {
+		return err
+	}
+	g.State = lapse.GrantActive
+	g.ActivatedAt = now
+	g.ConnectorState = resp.State
+	g.Info = resp.Info
+	g.SealedCredentials = creds
+	g.SealedProbe = probe
+	g.LastError = ""
+	g.DueAt = g.ExpiresAt
+	g.LeaseOwner, g.LeaseUntil = "", time.Time{}
+	res.checkpoints = res.checkpoints[:0]
+	for _, c := range resp.Checkpoints {
+		res.checkpoints = append(res.checkpoints, &lapse.Checkpoint{GrantID: g.ID, Name: c.Name, Kind: c.Kind, CreatedAt: now})
+	}
+	g.Checkpoints = res.checkpoints
+	return nil
+}
+
+// revoke calls Revoke (unless only verification is pending) and then Verify,
+// and records the outcome in res. A grant becomes revoked only when Verify
+// confirms every checkpoint.
+func (e *engine) revoke(ctx context.Context, t *target, res *result, doRevoke bool) {
+	b := e.b
+	g := res.g
+	spec := e.spec(g)
+	var actions []string
+	if doRevoke {
+		start := time.Now()
+		resp, err := t.conn.Revoke(ctx, &connector.RevokeRequest{GrantID: g.ID, Principal: g.Principal, Spec: spec, State: g.ConnectorState})
+		t.observe(time.Since(start))
+		b.metrics.call(t.name, "revoke", err, time.Since(start))
+		if err != nil {
+			e.retryLater(res, lapse.GrantRevokeFailed, "revoke: "+safeError(err), lapse.EventGrantRevokeFailed, nil)
+			return
+		}
+		actions = resp.Actions
+		now := b.clock.Now()
+		for _, c := range g.Checkpoints {
+			if c.RevokedAt.IsZero() {
+				c.RevokedAt = now
+			}
+		}
+	}
+	probe, err := b.sealer.open(g.ID, purposeProbe, g.SealedProbe)
+	if err != nil {
+		b.log.Error("probe material does not open; verifying without a login probe", "grant", g.ID)
+		probe = nil
+	}
+	start := time.Now()
+	vr, err := t.conn.Verify(ctx, &connector.VerifyRequest{GrantID: g.ID, Principal: g.Principal, Spec: spec, State: g.ConnectorState, Probe: probe})
+	clear(probe)
+	t.observe(time.Since(start))
+	b.metrics.call(t.name, "verify", err, time.Since(start))
+	if err != nil {
+		e.retryLater(res, lapse.GrantVerifying, "verify: "+safeError(err), lapse.EventGrantVerifyFailed, map[string]any{"actions": actions})
+		return
+	}
+	now := b.clock.Now()
+	e.mergeCheckpoints(res, vr, now)
+	if !vr.Gone() {
+		var residue []string
+		for _, c := range vr.Checkpoints {
+			if !c.Gone {
+				residue = append(residue, c.Name+": "+joinResidue(c.Residue))
+			}
+		}
+		e.retryLater(res, lapse.GrantRevokeFailed, "verification found residue: "+joinResidue(residue), lapse.EventGrantVerifyFailed,
+			map[string]any{"actions": actions, "residue": residue})
+		return
+	}
+	g.State = lapse.GrantRevoked
+	g.RevokedAt = now
+	g.DueAt = time.Time{}
+	g.LeaseOwner, g.LeaseUntil = "", time.Time{}
+	g.LastError = ""
+	g.SealedProbe = nil
+	g.SealedCredentials = nil
+	res.events = append(res.events, b.grantEvent(context.Background(), lapse.EventGrantRevoked, g, "verified", map[string]any{
+		"actions": actions, "checkpoints": len(vr.Checkpoints), "end_reason": g.EndReason,
+	}))
+}
+
+// retryLater puts g into a retryable state with capped, jittered
+// exponential back-off. There is no attempt limit.
+func (e *engine) retryLater(res *result, state lapse.GrantState, msg, evType string, data map[string]any) {
+	b := e.b
+	g := res.g
+	g.Attempts++
+	g.State = state
+	g.LastError = msg
+	now := b.clock.Now()
+	g.DueAt = now.Add(backoff(b.cfg.RetryBase, b.cfg.RetryMax, g.Attempts))
+	g.LeaseOwner, g.LeaseUntil = "", time.Time{}
+	if data == nil {
+		data = map[string]any{}
+	}
+	data["error"] = msg
+	data["attempt"] = g.Attempts
+	data["next_attempt_at"] = g.DueAt
+	res.events = append(res.events, b.grantEvent(context.Background(), evType, g, string(state), data))
+	b.metrics.revokeFailures.WithLabelValues(res.t.name).Inc()
+	b.log.Warn("revocation not verified; will retry", "grant", g.ID, "target", res.t.name, "attempt", g.Attempts, "next", g.DueAt, "err", msg)
+}
+
+// backoff returns the wait before attempt n (n ≥ 1): min(max, base·2^(n-1)),
+// jittered uniformly into its upper half so retries of many grants spread.
+func backoff(base, maxWait time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < maxWait; i++ {
+		d *= 2
+	}
+	d = min(d, maxWait)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// mergeCheckpoints folds a verification into the grant's checkpoints.
+func (e *engine) mergeCheckpoints(res *result, vr *connector.VerifyResponse, now time.Time) {
+	g := res.g
+	byName := make(map[string]*lapse.Checkpoint, len(g.Checkpoints))
+	for _, c := range g.Checkpoints {
+		byName[c.Name] = c
+	}
+	res.checkpoints = res.checkpoints[:0]
+	for _, r := range vr.Checkpoints {
+		c := byName[r.Name]
+		if c == nil {
+			c = &lapse.Checkpoint{GrantID: g.ID, Name: r.Name, Kind: r.Kind, CreatedAt: now}
+			g.Checkpoints = append(g.Checkpoints, c)
+			byName[r.Name] = c
+		}
+		if c.RevokedAt.IsZero() {
+			c.RevokedAt = now
+		}
+		ev, err := json.Marshal(r.Evidence)
+		if err != nil {
+			ev = []byte(`{"error":"evidence is not JSON-encodable"}`)
+		}
+		c.Evidence = ev
+		c.Residue = r.Residue
+		if r.Gone {
+			c.VerifiedAt = now
+		} else {
+			c.VerifiedAt = time.Time{}
+		}
+		res.checkpoints = append(res.checkpoints, c)
+	}
+}
+
+// commitLoop writes results in batches until results is closed.
+func (e *engine) commitLoop(results chan *result, done chan struct{}) {
+	defer close(done)
+	batch := make([]*result, 0, e.b.cfg.BatchSize)
+	for r := range results {
+		batch = append(batch[:0], r)
+	fill:
+		for len(batch) < e.b.cfg.BatchSize {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		e.commit(batch)
+	}
+}
+
+// commit writes a batch of results in one transaction, retrying while the
+// store is unavailable (revocation is never dropped: if this process gives
+// up, the leases lapse and the work is claimed again), then dispatches the
+// next steps.
+func (e *engine) commit(batch []*result) {
+	b := e.b
+	versions := make([]int64, len(batch))
+	for i, r := range batch {
+		versions[i] = r.g.Version
+	}
+	conflict := make([]bool, len(batch))
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = b.store.Update(context.Background(), func(tx lapse.Tx) error {
+			ctx := context.Background()
+			for i, r := range batch {
+				r.g.Version = versions[i]
+				conflict[i] = false
+				if err := tx.UpdateGrant(ctx, r.g); err != nil {
+					if c := lapse.ErrorCode(err); c == lapse.ECONFLICT || c == lapse.ENOTFOUND {
+						conflict[i] = true
+						continue
+					}
+					return err
+				}
+				for _, c := range r.checkpoints {
+					if err := tx.PutCheckpoint(ctx, c); err != nil {
+						return err
+					}
+				}
+				for _, ev := range r.events {
+					if err := tx.AppendEvent(ctx, ev); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			break
+		}
+		// Give up only when every lease in the batch has lapsed: someone
+		// else (or this process, later) will claim the grants again.
+		if !b.clock.Now().Before(batch[0].g.LeaseUntil) && attempt > 3 {
+			b.log.Error("cannot write results; leaving the grants to be claimed again", "grants", len(batch), "err", err)
+			for range batch {
+				e.inflight.Done()
+			}
+			return
+		}
+		b.log.Error("cannot write results; retrying", "grants", len(batch), "attempt", attempt, "err", err)
+		time.Sleep(backoff(50*time.Millisecond, 5*time.Second, attempt))
+	}
+	for i, r := range batch {
+		if conflict[i] {
+			e.reconcile(r)
+			continue
+		}
+		g := r.g
+		switch g.State {
+		case lapse.GrantRevoked:
+			b.metrics.revoked(g, b.clock.Now())
+			b.settled(g.ID)
+		case lapse.GrantActive, lapse.GrantRevokeFailed, lapse.GrantVerifying:
+			b.settled(g.ID)
+		}
+		if r.next != actNone {
+			e.dispatch(r.t, g, r.next, r.fence, false)
+		}
+		e.inflight.Done()
+	}
+}
+
+// reconcile handles a result whose write lost the compare-and-swap: someone
+// wrote intent (a release, a revoke) while the connector was called. If the
+// lease is still ours the fresh grant is planned again — a provision that
+// raced a release is followed by its revocation — otherwise the new owner
+// acts and this result is dropped.
+func (e *engine) reconcile(r *result) {
+	defer e.inflight.Done()
+	b := e.b
+	fresh, err := b.store.GetGrant(context.Background(), r.g.ID)
+	if err != nil {
+		return // the lease lapses and the grant is claimed again
+	}
+	if fresh.LeaseOwner != b.cfg.Owner || fresh.Fence != r.fence {
+		b.metrics.fenced.Inc()
+		return
+	}
+	now := b.clock.Now()
+	g2, act, ev := e.plan(fresh, now)
+	if g2 != nil {
+		err := b.store.Update(context.Background(), func(tx lapse.Tx) error {
+			if err := tx.UpdateGrant(context.Background(), g2); err != nil {
+				return err
+			}
+			if ev != nil {
+				return tx.AppendEvent(context.Background(), ev)
+			}
+			return nil
+		})
+		if err != nil {
+			return
+		}
+	} else {
+		g2 = fresh
+	}
+	if act != actNone {
+		e.dispatch(r.t, g2, act, r.fence, false)
+	}
+}
+
+// sweepRequests expires pending requests whose wait is over. It runs at
+// most once per poll interval.
+func (e *engine) sweepRequests(ctx context.Context) {
+	b := e.b
+	now := b.clock.Now()
+	if now.Sub(e.lastSweep) < b.cfg.PollInterval && !e.lastSweep.IsZero() && now.After(e.lastSweep) {
+		return
+	}
+	e.lastSweep = now
+	rs, err := b.store.ListRequests(ctx, lapse.RequestFilter{State: lapse.RequestPending, Limit: lapse.MaxListLimit})
+	if err != nil {
+		return
+	}
+	for _, r := range rs {
+		if now.Before(r.ExpiresAt) {
+			continue
+		}
+		_ = b.store.Update(ctx, func(tx lapse.Tx) error {
+			r, err := tx.GetRequest(ctx, r.ID)
+			if err != nil || r.State != lapse.RequestPending {
+				return err
+			}
+			r.State = lapse.RequestExpired
+			r.DecidedAt = now
+			r.DecisionNote = "no decision before the pending timeout"
+			if err := tx.UpdateRequest(ctx, r); err != nil {
+				return err
+			}
+			return tx.AppendEvent(ctx, b.requestEvent(ctx, nil, lapse.EventRequestExpired, r, "expired", nil))
+		})
+	}
+}
+
+// safeError returns an error's text for the grant record and the log.
+// Connectors must not put secrets in errors (the contract suite checks); the
+// text is also bounded so a runaway message cannot bloat the store.
+func safeError(err error) string {
+	s := err.Error()
+	if len(s) > 512 {
+		s = s[:512] + "…"
+	}
+	return s
+}
+
+func joinResidue(items []string) string {
+	out := ""
+	for i, s := range items {
+		if i > 0 {
+			out += "; "
+		}
+		out += s
+	}
+	return out
+}

@@ -1,0 +1,564 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/lapsehq/lapse"
+)
+
+// caller returns the authenticated principal or EUNAUTHORIZED.
+func caller(ctx context.Context) (*lapse.Principal, error) {
+	p := lapse.FromContext(ctx)
+	if p == nil || p.ID == "" {
+		return nil, lapse.Errorf(lapse.EUNAUTHORIZED, "authentication required")
+	}
+	return p, nil
+}
+
+func requireScope(p *lapse.Principal, scope string) error {
+	if !p.HasScope(scope) {
+		return lapse.Errorf(lapse.EFORBIDDEN, "credential lacks scope %q", scope)
+	}
+	return nil
+}
+
+// subject is the principal as recorded on requests and grants: identity and
+// groups, without the credential's scopes.
+func subject(p *lapse.Principal) lapse.Principal {
+	return lapse.Principal{ID: p.ID, Kind: p.Kind, Name: p.Name, Groups: p.Groups, CredentialID: p.CredentialID}
+}
+
+// Whoami returns the caller.
+func (b *Broker) Whoami(ctx context.Context) (*lapse.Principal, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := *p
+	return &out, nil
+}
+
+// Entitlements returns the catalog entries the caller could request, or
+// all of them for a caller with the approve, revoke or admin scope.
+func (b *Broker) Entitlements(ctx context.Context) ([]*lapse.Entitlement, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := b.catalog.Load()
+	seeAll := p.HasScope(lapse.ScopeApprove) || p.HasScope(lapse.ScopeRevoke)
+	var out []*lapse.Entitlement
+	for _, name := range c.names {
+		e := c.byName[name]
+		if seeAll || mayRequest(e, p) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func mayRequest(e *lapse.Entitlement, p *lapse.Principal) error {
+	if !e.AllowsLane(p.Kind) {
+		return lapse.FieldErrorf(lapse.EFORBIDDEN, "entitlement", "entitlement %s is not available to %s principals", e.Name, p.Kind)
+	}
+	if len(e.Requesters) > 0 && !lapse.Matches(e.Requesters, p) {
+		return lapse.FieldErrorf(lapse.EFORBIDDEN, "entitlement", "you may not request %s", e.Name)
+	}
+	return nil
+}
+
+var (
+	entitlementName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$`)
+	ticketPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:#/-]*$`)
+)
+
+// checkText validates free text: valid UTF-8, bounded, and free of control
+// characters other than newline and tab (which are stored, and escaped
+// wherever they are shown).
+func checkText(field, s string, max int) error {
+	if len(s) > max {
+		return lapse.FieldErrorf(lapse.ETOOLARGE, field, "%s is longer than %d bytes", field, max)
+	}
+	if !utf8.ValidString(s) {
+		return lapse.FieldErrorf(lapse.EINVALID, field, "%s is not valid UTF-8", field)
+	}
+	for _, r := range s {
+		if r != '\n' && r != '\t' && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r) && r != '\u200d') {
+			return lapse.FieldErrorf(lapse.EINVALID, field, "%s contains a control character", field)
+		}
+	}
+	return nil
+}
+
+// validateRequest checks input against the entitlement and returns the
+// effective duration. Nothing is stored until it passes.
+func validateRequest(in *lapse.RequestInput, e *lapse.Entitlement) (time.Duration, error) {
+	d := in.Duration.D()
+	switch {
+	case d == 0:
+		d = e.DefaultDuration.D()
+	case d < 0:
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "duration", "duration must be positive")
+	case d < time.Second:
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "duration", "duration must be at least 1s")
+	case d > e.MaxDuration.D():
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "duration", "duration exceeds the maximum of %s for %s", e.MaxDuration, e.Name)
+	}
+	in.Reason = strings.TrimSpace(in.Reason)
+	if err := checkText("reason", in.Reason, lapse.MaxReasonLength); err != nil {
+		return 0, err
+	}
+	if e.RequireReason && in.Reason == "" {
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "reason", "%s requires a reason", e.Name)
+	}
+	in.Ticket = strings.TrimSpace(in.Ticket)
+	if len(in.Ticket) > lapse.MaxTicketLength {
+		return 0, lapse.FieldErrorf(lapse.ETOOLARGE, "ticket", "ticket is longer than %d bytes", lapse.MaxTicketLength)
+	}
+	if in.Ticket != "" && !ticketPattern.MatchString(in.Ticket) {
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "ticket", "ticket may contain letters, digits and . _ : # / - only")
+	}
+	if e.RequireTicket && in.Ticket == "" {
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "ticket", "%s requires a ticket", e.Name)
+	}
+	if len(in.TaskID) > lapse.MaxTaskIDLength {
+		return 0, lapse.FieldErrorf(lapse.ETOOLARGE, "task_id", "task_id is longer than %d bytes", lapse.MaxTaskIDLength)
+	}
+	if in.TaskID != "" && !ticketPattern.MatchString(in.TaskID) {
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "task_id", "task_id may contain letters, digits and . _ : # / - only")
+	}
+	return d, nil
+}
+
+// CreateRequest files a request; see lapse.Service.
+func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lapse.RequestResult, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := requireScope(p, lapse.ScopeRequest); err != nil {
+		return nil, err
+	}
+	if in.Entitlement == "" {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "entitlement", "entitlement is required")
+	}
+	if len(in.Entitlement) > lapse.MaxIDLength || !entitlementName.MatchString(in.Entitlement) {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "entitlement", "not a valid entitlement name")
+	}
+	e := b.entitlement(in.Entitlement)
+	if e == nil {
+		return nil, lapse.FieldErrorf(lapse.ENOTFOUND, "entitlement", "no entitlement named %s", in.Entitlement)
+	}
+	if err := mayRequest(e, p); err != nil {
+		return nil, err
+	}
+	d, err := validateRequest(&in, e)
+	if err != nil {
+		return nil, err
+	}
+
+	now := b.clock.Now()
+	pending := e.PendingTimeout.D()
+	if pending <= 0 {
+		pending = DefaultPendingTimeout
+	}
+	r := &lapse.Request{
+		ID:          lapse.NewID(lapse.PrefixRequest, now),
+		Requester:   subject(p),
+		Entitlement: e.Name,
+		Duration:    lapse.Duration(d),
+		Reason:      in.Reason,
+		Ticket:      in.Ticket,
+		TaskID:      in.TaskID,
+		Channel:     lapse.ChannelFrom(ctx),
+		State:       lapse.RequestPending,
+		Required:    e.Approval.Required,
+		CreatedAt:   now,
+		ExpiresAt:   now.Add(pending),
+	}
+	r.Hash = r.ComputeHash()
+
+	var g *lapse.Grant
+	if e.Approval.Auto {
+		r.Required = 0
+		r.State = lapse.RequestApproved
+		r.DecidedAt = now
+		r.DecisionNote = "auto-approved by policy"
+		g = b.newGrant(r, e, now)
+		// Provision inline, holding the lease from the start: the caller
+		// gets credentials in one round trip, and if this process dies the
+		// lease lapses and the engine finishes (or undoes) the work.
+		g.State = lapse.GrantProvisioning
+		g.LeaseOwner = b.cfg.Owner
+		g.LeaseUntil = now.Add(b.cfg.Lease)
+		g.DueAt = g.LeaseUntil
+	}
+	err = b.store.Update(ctx, func(tx lapse.Tx) error {
+		if err := tx.InsertRequest(ctx, r); err != nil {
+			return err
+		}
+		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestCreated, r, "pending", map[string]any{
+			"entitlement": r.Entitlement, "duration": r.Duration.String(), "reason": r.Reason, "ticket": r.Ticket, "task_id": r.TaskID, "hash": r.Hash,
+		})); err != nil {
+			return err
+		}
+		if g == nil {
+			return nil
+		}
+		if err := tx.InsertGrant(ctx, g); err != nil {
+			return err
+		}
+		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestDecided, r, string(lapse.RequestApproved), map[string]any{"rule": "auto"})); err != nil {
+			return err
+		}
+		return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantCreated, g, "provisioning", map[string]any{"expires_at": g.ExpiresAt}))
+	})
+	if err != nil {
+		return nil, storeErr("create request", err)
+	}
+	res := &lapse.RequestResult{Request: r}
+	if g == nil {
+		return res, nil
+	}
+	g, creds, err := b.provisionInline(ctx, g)
+	res.Grant = g
+	res.Credentials = creds
+	if err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+func (b *Broker) newGrant(r *lapse.Request, e *lapse.Entitlement, now time.Time) *lapse.Grant {
+	return &lapse.Grant{
+		ID:          lapse.NewID(lapse.PrefixGrant, now),
+		RequestID:   r.ID,
+		Principal:   r.Requester,
+		Entitlement: e.Name,
+		Target:      e.Target,
+		TaskID:      r.TaskID,
+		State:       lapse.GrantScheduled,
+		StartsAt:    now,
+		ExpiresAt:   now.Add(r.Duration.D()),
+		DueAt:       now,
+		CreatedAt:   now,
+	}
+}
+
+// GetRequest returns a request the caller may see: their own, or any for a
+// caller who may approve or revoke.
+func (b *Broker) GetRequest(ctx context.Context, id string) (*lapse.Request, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !lapse.ValidID(lapse.PrefixRequest, id) {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "id", "not a request ID")
+	}
+	r, err := b.store.GetRequest(ctx, id)
+	if err != nil {
+		return nil, storeErr("get request", err)
+	}
+	if r.Requester.ID != p.ID && !p.HasScope(lapse.ScopeApprove) && !p.HasScope(lapse.ScopeRevoke) {
+		return nil, lapse.Errorf(lapse.ENOTFOUND, "no request %s", id)
+	}
+	return r, nil
+}
+
+// ListRequests returns the requests the caller may see. Callers without the
+// approve scope see only their own.
+func (b *Broker) ListRequests(ctx context.Context, f lapse.RequestFilter) ([]*lapse.Request, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if f.Limit < 0 || f.Limit > lapse.MaxListLimit {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "limit", "limit must be between 1 and %d", lapse.MaxListLimit)
+	}
+	privileged := p.HasScope(lapse.ScopeApprove) || p.HasScope(lapse.ScopeRevoke)
+	if !privileged {
+		f.RequesterID = p.ID
+	}
+	if f.Approvable {
+		if !p.HasScope(lapse.ScopeApprove) {
+			return []*lapse.Request{}, nil
+		}
+		f.State = lapse.RequestPending
+		want := f.Limit
+		if want == 0 {
+			want = lapse.DefaultListLimit
+		}
+		f.Limit = lapse.MaxListLimit
+		all, err := b.store.ListRequests(ctx, f)
+		if err != nil {
+			return nil, storeErr("list requests", err)
+		}
+		out := make([]*lapse.Request, 0, len(all))
+		for _, r := range all {
+			if len(out) == want {
+				break
+			}
+			if b.eligibleApprover(r, p) == nil && !votedBy(r, p.ID) {
+				out = append(out, r)
+			}
+		}
+		return out, nil
+	}
+	rs, err := b.store.ListRequests(ctx, f)
+	if err != nil {
+		return nil, storeErr("list requests", err)
+	}
+	return rs, nil
+}
+
+func votedBy(r *lapse.Request, id string) bool {
+	for _, a := range r.Approvals {
+		if a.Approver.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// eligibleApprover says whether p may decide r under the catalog in force.
+// The requester is never eligible, whatever their groups or scopes; only
+// humans decide.
+func (b *Broker) eligibleApprover(r *lapse.Request, p *lapse.Principal) error {
+	if p.ID == r.Requester.ID {
+		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide your own request")
+	}
+	if p.Kind != lapse.KindHuman {
+		return lapse.Errorf(lapse.EFORBIDDEN, "only humans approve or deny requests")
+	}
+	e := b.entitlement(r.Entitlement)
+	if e == nil {
+		return lapse.Errorf(lapse.ECONFLICT, "entitlement %s is no longer in the catalog", r.Entitlement)
+	}
+	if !lapse.Matches(e.Approval.Approvers, p) {
+		return lapse.Errorf(lapse.EFORBIDDEN, "you are not an eligible approver of %s", r.Entitlement)
+	}
+	return nil
+}
+
+// Approve records the caller's approval; see lapse.Service.
+func (b *Broker) Approve(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error) {
+	return b.decide(ctx, id, in, lapse.DecisionApprove)
+}
+
+// Deny records the caller's denial, which decides the request at once.
+func (b *Broker) Deny(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error) {
+	return b.decide(ctx, id, in, lapse.DecisionDeny)
+}
+
+func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, d lapse.Decision) (*lapse.Request, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := requireScope(p, lapse.ScopeApprove); err != nil {
+		return nil, err
+	}
+	if !lapse.ValidID(lapse.PrefixRequest, id) {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "id", "not a request ID")
+	}
+	if err := checkText("comment", in.Comment, lapse.MaxCommentLength); err != nil {
+		return nil, err
+	}
+	var (
+		out     *lapse.Request
+		expired bool
+		created *lapse.Grant
+	)
+	err = b.store.Update(ctx, func(tx lapse.Tx) error {
+		expired, created = false, nil
+		r, err := tx.GetRequest(ctx, id)
+		if err != nil {
+			return err
+		}
+		now := b.clock.Now()
+		if r.State == lapse.RequestPending && !now.Before(r.ExpiresAt) {
+			// The request timed out before this decision: record that, and
+			// refuse the decision after the commit.
+			r.State = lapse.RequestExpired
+			r.DecidedAt = now
+			r.DecisionNote = "no decision before the pending timeout"
+			if err := tx.UpdateRequest(ctx, r); err != nil {
+				return err
+			}
+			expired = true
+			out = r
+			return appendEvent(ctx, tx, b.requestEvent(ctx, nil, lapse.EventRequestExpired, r, "expired", nil))
+		}
+		if r.State != lapse.RequestPending {
+			return lapse.Errorf(lapse.ECONFLICT, "request is already %s", r.State)
+		}
+		if err := b.eligibleApprover(r, p); err != nil {
+			return err
+		}
+		if in.RequestHash != "" && in.RequestHash != r.Hash {
+			return lapse.FieldErrorf(lapse.ECONFLICT, "request_hash", "the request is not the one you reviewed")
+		}
+		if votedBy(r, p.ID) {
+			return lapse.Errorf(lapse.ECONFLICT, "you already decided this request")
+		}
+		a := &lapse.Approval{
+			RequestID: r.ID, Approver: subject(p), Decision: d, Comment: in.Comment,
+			RequestHash: r.Hash, Channel: lapse.ChannelFrom(ctx), CreatedAt: now,
+		}
+		if err := tx.InsertApproval(ctx, a); err != nil {
+			return err
+		}
+		r.Approvals = append(r.Approvals, a)
+		evType := lapse.EventRequestApproved
+		if d == lapse.DecisionDeny {
+			evType = lapse.EventRequestDenied
+		}
+		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, evType, r, string(d), map[string]any{"comment": in.Comment, "request_hash": r.Hash})); err != nil {
+			return err
+		}
+		switch {
+		case d == lapse.DecisionDeny:
+			// A deny that lands before quorum decides the request.
+			r.State = lapse.RequestDenied
+			r.DecidedAt = now
+			r.DecisionNote = "denied by " + p.ID
+		case approvalsCount(r) >= r.Required:
+			e := b.entitlement(r.Entitlement)
+			r.State = lapse.RequestApproved
+			r.DecidedAt = now
+			r.DecisionNote = "quorum reached"
+			created = b.newGrant(r, e, now)
+			r.GrantID = created.ID
+		}
+		if err := tx.UpdateRequest(ctx, r); err != nil {
+			return err
+		}
+		if r.State != lapse.RequestPending {
+			if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestDecided, r, string(r.State), map[string]any{"approvals": approvalsCount(r), "required": r.Required})); err != nil {
+				return err
+			}
+		}
+		if created != nil {
+			if err := tx.InsertGrant(ctx, created); err != nil {
+				return err
+			}
+			if err := appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantCreated, created, "scheduled", map[string]any{"starts_at": created.StartsAt, "expires_at": created.ExpiresAt})); err != nil {
+				return err
+			}
+		}
+		out = r
+		return nil
+	})
+	if err != nil {
+		return nil, storeErr("decide request", err)
+	}
+	if expired {
+		return out, lapse.Errorf(lapse.ECONFLICT, "request expired before it was decided")
+	}
+	if created != nil {
+		b.nudge()
+	}
+	return out, nil
+}
+
+// approvalsCount counts distinct approving humans. Distinctness is also
+// enforced by the store (one row per approver), so this is belt and braces.
+func approvalsCount(r *lapse.Request) int {
+	seen := make(map[string]bool, len(r.Approvals))
+	for _, a := range r.Approvals {
+		if a.Decision == lapse.DecisionApprove && a.Approver.ID != r.Requester.ID {
+			seen[a.Approver.ID] = true
+		}
+	}
+	return len(seen)
+}
+
+// CancelRequest withdraws the caller's own pending request.
+func (b *Broker) CancelRequest(ctx context.Context, id string) (*lapse.Request, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !lapse.ValidID(lapse.PrefixRequest, id) {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "id", "not a request ID")
+	}
+	var out *lapse.Request
+	err = b.store.Update(ctx, func(tx lapse.Tx) error {
+		r, err := tx.GetRequest(ctx, id)
+		if err != nil {
+			return err
+		}
+		if r.Requester.ID != p.ID {
+			return lapse.Errorf(lapse.ENOTFOUND, "no request %s", id)
+		}
+		if r.State != lapse.RequestPending {
+			return lapse.Errorf(lapse.ECONFLICT, "request is already %s", r.State)
+		}
+		r.State = lapse.RequestCancelled
+		r.DecidedAt = b.clock.Now()
+		r.DecisionNote = "cancelled by the requester"
+		if err := tx.UpdateRequest(ctx, r); err != nil {
+			return err
+		}
+		out = r
+		return appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestCancelled, r, "cancelled", nil))
+	})
+	if err != nil {
+		return nil, storeErr("cancel request", err)
+	}
+	return out, nil
+}
+
+// storeErr passes application errors through and turns anything else into
+// EUNAVAILABLE: the store could not be used, so nothing was granted.
+func storeErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if code := lapse.ErrorCode(err); code != lapse.EINTERNAL {
+		return err
+	}
+	return &lapse.Error{Code: lapse.EUNAVAILABLE, Message: "the store is unavailable; nothing was changed", Err: err}
+}
+
+func appendEvent(ctx context.Context, tx lapse.Tx, e *lapse.Event) error {
+	return tx.AppendEvent(ctx, e)
+}
+
+func (b *Broker) requestEvent(ctx context.Context, actor *lapse.Principal, typ string, r *lapse.Request, outcome string, data map[string]any) *lapse.Event {
+	e := &lapse.Event{Time: b.clock.Now(), Type: typ, Channel: lapse.ChannelFrom(ctx), RequestID: r.ID, GrantID: r.GrantID, Outcome: outcome}
+	if actor != nil {
+		e.ActorID, e.ActorKind = actor.ID, actor.Kind
+	} else {
+		e.ActorID, e.ActorKind, e.Channel = "lapse", "", lapse.ChannelEngine
+	}
+	e.Data = eventData(data)
+	return e
+}
+
+func (b *Broker) grantEvent(ctx context.Context, typ string, g *lapse.Grant, outcome string, data map[string]any) *lapse.Event {
+	e := &lapse.Event{Time: b.clock.Now(), Type: typ, Channel: lapse.ChannelEngine, ActorID: "lapse", RequestID: g.RequestID, GrantID: g.ID, Outcome: outcome}
+	if p := lapse.FromContext(ctx); p != nil {
+		e.ActorID, e.ActorKind, e.Channel = p.ID, p.Kind, lapse.ChannelFrom(ctx)
+	}
+	e.Data = eventData(data)
+	return e
+}
+
+// eventData encodes event details. Callers pass only non-secret values.
+func eventData(data map[string]any) json.RawMessage {
+	if len(data) == 0 {
+		return nil
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return json.RawMessage(`{"error":"unencodable event data"}`)
+	}
+	return b
+}
