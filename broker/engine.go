@@ -254,7 +254,7 @@ func (e *engine) admit(ctx context.Context, t *target, gs []*lapse.Grant, now ti
 	var dispatch []planned
 	for _, g := range gs {
 		g2, act, ev := e.plan(g, now)
-		p := planned{g2, act, ev}
+		p := planned{g, act, ev}
 		if g2 != nil {
 			writes = append(writes, p)
 		}

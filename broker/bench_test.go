@@ -1,0 +1,129 @@
+package broker_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/broker"
+	"github.com/lapsehq/lapse/connector"
+	"github.com/lapsehq/lapse/connector/fake"
+	"github.com/lapsehq/lapse/sqlstore/sqltest"
+)
+
+// BenchmarkRevocationOvershoot measures deadline → revoked (verified) for N
+// grants that all expire at the same instant, on the fake connector, with
+// the real engine and the wall clock. It reports p50 and p99 overshoot in
+// milliseconds. Run:
+//
+//	go test ./broker -run '^$' -bench RevocationOvershoot -benchtime 3x
+func BenchmarkRevocationOvershoot(b *testing.B) {
+	for _, db := range []struct {
+		name string
+		open func(testing.TB) lapse.Store
+	}{{"sqlite", func(tb testing.TB) lapse.Store { return sqltest.OpenSQLite(tb) }}, {"postgres", func(tb testing.TB) lapse.Store { return sqltest.OpenPostgres(tb) }}} {
+		for _, n := range []int{1000, 10000} {
+			b.Run(fmt.Sprintf("%s/grants=%d", db.name, n), func(b *testing.B) {
+				var p50s, p99s, maxs []float64
+				for i := 0; i < b.N; i++ {
+					p50, p99, mx := overshootRun(b, db.open(b), n)
+					p50s, p99s, maxs = append(p50s, p50), append(p99s, p99), append(maxs, mx)
+				}
+				b.ReportMetric(median(p50s), "p50-ms")
+				b.ReportMetric(median(p99s), "p99-ms")
+				b.ReportMetric(median(maxs), "max-ms")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
+	}
+}
+
+func overshootRun(b *testing.B, store lapse.Store, n int) (p50, p99, mx float64) {
+	b.Helper()
+	b.StopTimer()
+	ctx := context.Background()
+	conn := fake.New(fake.Options{})
+	key := make([]byte, 32)
+	rand.Read(key)
+	br, err := broker.New(broker.Config{
+		Store: store, SealingKey: key, Catalog: catalog(),
+		Targets: map[string]broker.Target{"fake": {Kind: "fake", Connector: conn, Concurrency: 16}, "slow": {Kind: "fake", Connector: fake.New(fake.Options{})}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Lead time for setup: grants are written first, then all expire at
+	// the same instant while the engine runs.
+	setup := 3*time.Second + time.Duration(n)*300*time.Microsecond
+	now := time.Now().UTC()
+	deadline := now.Add(setup)
+	grants := make([]*lapse.Grant, n)
+	for i := range grants {
+		id := lapse.NewID(lapse.PrefixGrant, now)
+		if _, err := conn.Grant(ctx, &connector.GrantRequest{GrantID: id, Principal: *alice, ExpiresAt: deadline}); err != nil {
+			b.Fatal(err)
+		}
+		grants[i] = &lapse.Grant{
+			ID: id, RequestID: lapse.NewID(lapse.PrefixRequest, now), Principal: lapse.Principal{ID: "alice", Kind: lapse.KindHuman},
+			Entitlement: "db/status", Target: "fake", State: lapse.GrantActive, StartsAt: now, ExpiresAt: deadline, DueAt: deadline,
+			CreatedAt: now, ActivatedAt: now, CredentialsClaimed: true,
+			Checkpoints: []*lapse.Checkpoint{{GrantID: id, Name: fake.CheckpointAccount, Kind: lapse.CheckpointTarget, CreatedAt: now}},
+		}
+	}
+	for start := 0; start < n; start += 500 {
+		end := min(start+500, n)
+		if err := store.Update(ctx, func(tx lapse.Tx) error {
+			for _, g := range grants[start:end] {
+				if err := tx.InsertGrant(ctx, g); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if time.Now().After(deadline.Add(-time.Second)) {
+		b.Fatalf("setup took too long; the deadline passed before the engine started")
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { br.Run(runCtx); close(done) }()
+	b.StartTimer()
+	for {
+		counts, err := store.CountGrantsByState(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if counts[lapse.GrantRevoked] == n {
+			break
+		}
+		if time.Since(deadline) > 2*time.Minute {
+			b.Fatalf("only %d of %d revoked after 2 minutes", counts[lapse.GrantRevoked], n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.StopTimer()
+	cancel()
+	<-done
+	over := make([]float64, 0, n)
+	for _, g := range grants {
+		got, err := store.GetGrant(ctx, g.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		over = append(over, float64(got.RevokedAt.Sub(got.ExpiresAt))/float64(time.Millisecond))
+	}
+	slices.Sort(over)
+	return over[len(over)/2], over[len(over)*99/100], over[len(over)-1]
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
