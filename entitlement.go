@@ -17,13 +17,13 @@ type Entitlement struct {
 	// "group:NAME". Empty means any authenticated principal of an allowed lane.
 	Requesters []string `json:"requesters,omitempty"`
 
-	DefaultDuration Duration `json:"default_duration"`
-	MaxDuration     Duration `json:"max_duration"`
+	DefaultDuration Duration `json:"default_duration,omitzero"`
+	MaxDuration     Duration `json:"max_duration,omitzero"`
 	RequireReason   bool     `json:"require_reason"`
 	RequireTicket   bool     `json:"require_ticket"`
 	// PendingTimeout is how long a request waits for a decision before it
 	// expires.
-	PendingTimeout Duration `json:"pending_timeout"`
+	PendingTimeout Duration `json:"pending_timeout,omitzero"`
 
 	Approval ApprovalRule `json:"approval"`
 
