@@ -1,0 +1,95 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+
+	"github.com/lapsehq/lapse"
+)
+
+// AppendEvent implements lapse.Tx. The event's sequence number is fixed
+// now; the row is written with the transaction's other events when it
+// commits.
+func (t *tx) AppendEvent(ctx context.Context, ev *lapse.Event) error {
+	if ev == nil {
+		return lapse.Errorf(lapse.EINVALID, "no event")
+	}
+	if err := nonEmpty("type", ev.Type); err != nil {
+		return err
+	}
+	var e enc
+	at := e.time("time", ev.Time)
+	if e.err != nil {
+		return e.err
+	}
+	if t.buf.nextSeq == 0 {
+		// On PostgreSQL this locks the counter until the transaction ends:
+		// appenders queue here, so sequence order is commit order and a
+		// rollback leaves no gap.
+		var cur int64
+		if err := t.queryRow(ctx, qLockEventSeq).Scan(&cur); err != nil {
+			return t.fail("read event sequence", err)
+		}
+		t.buf.nextSeq = cur + 1
+	}
+	seq := t.buf.nextSeq
+	t.buf.nextSeq++
+	t.buf.events = append(t.buf.events, seq, at, ev.Type, ev.ActorID, string(ev.ActorKind), ev.Channel,
+		ev.RequestID, ev.GrantID, ev.Outcome, rawJSON(ev.Data))
+	t.set(&ev.Seq, seq)
+	return nil
+}
+
+func scanEvent(sc scanner) (*lapse.Event, error) {
+	ev := new(lapse.Event)
+	var (
+		at        sql.NullInt64
+		actorKind string
+		data      sql.NullString
+	)
+	if err := sc.Scan(&ev.Seq, &at, &ev.Type, &ev.ActorID, &actorKind, &ev.Channel, &ev.RequestID,
+		&ev.GrantID, &ev.Outcome, &data); err != nil {
+		return nil, err
+	}
+	ev.Time = timeOf(at)
+	ev.ActorKind = lapse.PrincipalKind(actorKind)
+	ev.Data = rawOf(data)
+	return ev, nil
+}
+
+// ListEvents implements lapse.Store: events in sequence order.
+func (s *Store) ListEvents(ctx context.Context, f lapse.EventFilter) ([]*lapse.Event, error) {
+	var w where
+	if f.AfterSeq > 0 {
+		w.add("seq > ?", f.AfterSeq)
+	}
+	if f.GrantID != "" {
+		w.add("grant_id = ?", f.GrantID)
+	}
+	if f.RequestID != "" {
+		w.add("request_id = ?", f.RequestID)
+	}
+	q := "SELECT " + eventCols + " FROM events" + w.String() + " ORDER BY seq LIMIT ?"
+	args := append(w.args, listLimit(f.Limit))
+	c, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.queryDynamic(ctx, q, args...)
+	if err != nil {
+		return nil, c.fail("list events", err)
+	}
+	defer rows.Close()
+	var out []*lapse.Event
+	for rows.Next() {
+		ev, err := scanEvent(rows)
+		if err != nil {
+			return nil, c.fail("list events", err)
+		}
+		out = append(out, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c.fail("list events", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,438 @@
+package sqlstore
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/lapsehq/lapse"
+)
+
+func scanGrant(sc scanner) (*lapse.Grant, error) {
+	g := new(lapse.Grant)
+	var (
+		pc                                                 principalCols
+		state, endReason                                   string
+		info                                               sql.NullString
+		startsAt, expiresAt, dueAt, leaseUntil             sql.NullInt64
+		createdAt, activatedAt, revokeStartedAt, revokedAt sql.NullInt64
+	)
+	p := &g.Principal
+	err := sc.Scan(&g.ID, &g.RequestID, &p.ID, &pc.kind, &p.Name, &pc.groups, &pc.scopes, &p.CredentialID,
+		&g.Entitlement, &g.Target, &g.TaskID, &state, &endReason,
+		&startsAt, &expiresAt, &dueAt, &g.ConnectorState, &info, &g.SealedCredentials, &g.CredentialsClaimed,
+		&g.Attempts, &g.LastError, &g.LeaseOwner, &leaseUntil, &g.Fence,
+		&createdAt, &activatedAt, &revokeStartedAt, &revokedAt, &g.Version)
+	if err != nil {
+		return nil, err
+	}
+	var d dec
+	pc.fill(&d, p)
+	g.State = lapse.GrantState(state)
+	g.EndReason = lapse.EndReason(endReason)
+	g.StartsAt = timeOf(startsAt)
+	g.ExpiresAt = timeOf(expiresAt)
+	g.DueAt = timeOf(dueAt)
+	g.ConnectorState = bytesOf(g.ConnectorState)
+	g.Info = d.stringMap(info)
+	g.SealedCredentials = bytesOf(g.SealedCredentials)
+	g.LeaseUntil = timeOf(leaseUntil)
+	g.CreatedAt = timeOf(createdAt)
+	g.ActivatedAt = timeOf(activatedAt)
+	g.RevokeStartedAt = timeOf(revokeStartedAt)
+	g.RevokedAt = timeOf(revokedAt)
+	if d.err != nil {
+		return nil, fmt.Errorf("decode grant %s: %w", g.ID, d.err)
+	}
+	return g, nil
+}
+
+func scanCheckpoint(sc scanner) (*lapse.Checkpoint, error) {
+	cp := new(lapse.Checkpoint)
+	var (
+		kind                             string
+		createdAt, revokedAt, verifiedAt sql.NullInt64
+		evidence, residue                sql.NullString
+	)
+	if err := sc.Scan(&cp.GrantID, &cp.Name, &kind, &createdAt, &revokedAt, &verifiedAt, &evidence, &residue); err != nil {
+		return nil, err
+	}
+	var d dec
+	cp.Kind = lapse.CheckpointKind(kind)
+	cp.CreatedAt = timeOf(createdAt)
+	cp.RevokedAt = timeOf(revokedAt)
+	cp.VerifiedAt = timeOf(verifiedAt)
+	cp.Evidence = rawOf(evidence)
+	cp.Residue = d.strings(residue)
+	if d.err != nil {
+		return nil, fmt.Errorf("decode checkpoint %s/%s: %w", cp.GrantID, cp.Name, d.err)
+	}
+	return cp, nil
+}
+
+// getGrant reads one grant and its checkpoints.
+func (c *conn) getGrant(ctx context.Context, id string, forUpdate bool) (*lapse.Grant, error) {
+	q := qGetGrant
+	if forUpdate {
+		q = qGetGrantForUpdate
+	}
+	g, err := scanGrant(c.queryRow(ctx, q, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, lapse.Errorf(lapse.ENOTFOUND, "grant %s not found", id)
+	} else if err != nil {
+		return nil, c.fail("get grant", err)
+	}
+	rows, err := c.query(ctx, qCheckpointsOf, id)
+	if err != nil {
+		return nil, c.fail("get checkpoints", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		cp, err := scanCheckpoint(rows)
+		if err != nil {
+			return nil, c.fail("get checkpoints", err)
+		}
+		g.Checkpoints = append(g.Checkpoints, cp)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c.fail("get checkpoints", err)
+	}
+	return g, nil
+}
+
+// GetGrant implements lapse.Store.
+func (s *Store) GetGrant(ctx context.Context, id string) (*lapse.Grant, error) {
+	var g *lapse.Grant
+	err := s.read(ctx, func(c *conn) error {
+		var err error
+		g, err = c.getGrant(ctx, id, false)
+		return err
+	})
+	return g, err
+}
+
+// ListGrants implements lapse.Store: newest first, without checkpoints.
+func (s *Store) ListGrants(ctx context.Context, f lapse.GrantFilter) ([]*lapse.Grant, error) {
+	var w where
+	if f.State != "" {
+		w.add("state = ?", string(f.State))
+	}
+	if f.PrincipalID != "" {
+		w.add("principal_id = ?", f.PrincipalID)
+	}
+	if f.Target != "" {
+		w.add("target = ?", f.Target)
+	}
+	if f.Entitlement != "" {
+		w.add("entitlement = ?", f.Entitlement)
+	}
+	if f.RequestID != "" {
+		w.add("request_id = ?", f.RequestID)
+	}
+	if f.Live {
+		w.add("state NOT IN ('scheduled', 'revoked')")
+	}
+	q := "SELECT " + grantCols + " FROM grants" + w.String() + " ORDER BY created_at DESC, id DESC LIMIT ?"
+	args := append(w.args, listLimit(f.Limit))
+	c, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.queryDynamic(ctx, q, args...)
+	if err != nil {
+		return nil, c.fail("list grants", err)
+	}
+	defer rows.Close()
+	var out []*lapse.Grant
+	for rows.Next() {
+		g, err := scanGrant(rows)
+		if err != nil {
+			return nil, c.fail("list grants", err)
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c.fail("list grants", err)
+	}
+	return out, nil
+}
+
+// CountGrantsByState implements lapse.Store. Every known state is present,
+// with 0 when no grant is in it.
+func (s *Store) CountGrantsByState(ctx context.Context) (map[lapse.GrantState]int, error) {
+	c, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.query(ctx, qCountByState)
+	if err != nil {
+		return nil, c.fail("count grants", err)
+	}
+	defer rows.Close()
+	out := make(map[lapse.GrantState]int, len(lapse.AllGrantStates))
+	for _, st := range lapse.AllGrantStates {
+		out[st] = 0
+	}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, c.fail("count grants", err)
+		}
+		out[lapse.GrantState(st)] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c.fail("count grants", err)
+	}
+	return out, nil
+}
+
+// ClaimDueGrants implements lapse.Store. One statement leases the grants:
+// on PostgreSQL its row locks are taken with SKIP LOCKED, so concurrent
+// claimers never wait on or share a grant; on SQLite claims are serialised
+// by the writer. The claimed grants come back with their checkpoints,
+// oldest DueAt first.
+// Returns EINVALID if Owner, Now, Lease or Limit is missing.
+func (s *Store) ClaimDueGrants(ctx context.Context, in lapse.ClaimInput) ([]*lapse.Grant, error) {
+	switch {
+	case in.Owner == "":
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "owner", "owner is required")
+	case in.Now.IsZero():
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "now", "now is required")
+	case in.Lease <= 0:
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "lease", "lease must be positive")
+	case in.Limit <= 0:
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "limit", "limit must be positive")
+	}
+	var e enc
+	now := e.time("now", in.Now)
+	until := e.time("lease", in.Now.Add(in.Lease))
+	if e.err != nil {
+		return nil, e.err
+	}
+	var out []*lapse.Grant
+	err := s.Update(ctx, func(ltx lapse.Tx) error {
+		t := ltx.(*tx)
+		out = out[:0]
+		var (
+			rows *sql.Rows
+			err  error
+		)
+		if in.Target == "" {
+			rows, err = t.query(ctx, qClaim, in.Owner, until, now, now, in.Limit)
+		} else {
+			rows, err = t.query(ctx, qClaimTarget, in.Owner, until, now, now, in.Target, in.Limit)
+		}
+		if err != nil {
+			return t.fail("claim grants", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			g, err := scanGrant(rows)
+			if err != nil {
+				return t.fail("claim grants", err)
+			}
+			out = append(out, g)
+		}
+		if err := rows.Err(); err != nil {
+			return t.fail("claim grants", err)
+		}
+		rows.Close()
+		return t.loadCheckpoints(ctx, out)
+	})
+	if err != nil {
+		return nil, err
+	}
+	// RETURNING follows no ORDER BY; restore the claim order.
+	slices.SortFunc(out, func(a, b *lapse.Grant) int {
+		if c := a.DueAt.Compare(b.DueAt); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// loadCheckpoints fills the checkpoints of gs with one query.
+func (c *conn) loadCheckpoints(ctx context.Context, gs []*lapse.Grant) error {
+	if len(gs) == 0 {
+		return nil
+	}
+	ids := make([]string, len(gs))
+	byID := make(map[string]*lapse.Grant, len(gs))
+	for i, g := range gs {
+		ids[i] = g.ID
+		byID[g.ID] = g
+	}
+	rows, err := c.query(ctx, qCheckpointsOfMany, c.idList(ids))
+	if err != nil {
+		return c.fail("load checkpoints", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		cp, err := scanCheckpoint(rows)
+		if err != nil {
+			return c.fail("load checkpoints", err)
+		}
+		if g := byID[cp.GrantID]; g != nil {
+			g.Checkpoints = append(g.Checkpoints, cp)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return c.fail("load checkpoints", err)
+	}
+	return nil
+}
+
+// NextDueAt implements lapse.Store.
+func (s *Store) NextDueAt(ctx context.Context) (time.Time, bool, error) {
+	c, err := s.reader()
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	var n sql.NullInt64
+	if err := c.queryRow(ctx, qNextDueAt).Scan(&n); err != nil {
+		return time.Time{}, false, c.fail("next due", err)
+	}
+	return timeOf(n), n.Valid, nil
+}
+
+// DueCounts implements lapse.Store: grants that are not revoked and due at
+// or before now, per target.
+func (s *Store) DueCounts(ctx context.Context, now time.Time) (map[string]int, error) {
+	var e enc
+	n := e.time("now", now)
+	if e.err != nil {
+		return nil, e.err
+	}
+	c, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.query(ctx, qDueCounts, n)
+	if err != nil {
+		return nil, c.fail("due counts", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var target string
+		var k int
+		if err := rows.Scan(&target, &k); err != nil {
+			return nil, c.fail("due counts", err)
+		}
+		out[target] = k
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c.fail("due counts", err)
+	}
+	return out, nil
+}
+
+// GetGrant implements lapse.Tx.
+func (t *tx) GetGrant(ctx context.Context, id string) (*lapse.Grant, error) {
+	if err := t.flushCheckpoints(ctx); err != nil {
+		return nil, err
+	}
+	return t.getGrant(ctx, id, true)
+}
+
+// InsertGrant implements lapse.Tx.
+func (t *tx) InsertGrant(ctx context.Context, g *lapse.Grant) error {
+	if g == nil {
+		return lapse.Errorf(lapse.EINVALID, "no grant")
+	}
+	if err := nonEmpty("id", g.ID); err != nil {
+		return err
+	}
+	var e enc
+	p := e.principal(&g.Principal)
+	startsAt, expiresAt, dueAt := e.time("starts_at", g.StartsAt), e.time("expires_at", g.ExpiresAt), e.time("due_at", g.DueAt)
+	leaseUntil, createdAt, activatedAt := e.time("lease_until", g.LeaseUntil), e.time("created_at", g.CreatedAt), e.time("activated_at", g.ActivatedAt)
+	revokeStartedAt, revokedAt := e.time("revoke_started_at", g.RevokeStartedAt), e.time("revoked_at", g.RevokedAt)
+	info := e.stringMap(g.Info)
+	if e.err != nil {
+		return e.err
+	}
+	res, err := t.exec(ctx, qInsertGrant, g.ID, g.RequestID, p[0], p[1], p[2], p[3], p[4], p[5],
+		g.Entitlement, g.Target, g.TaskID, string(g.State), string(g.EndReason),
+		startsAt, expiresAt, dueAt, blob(g.ConnectorState), info, blob(g.SealedCredentials), g.CredentialsClaimed,
+		g.Attempts, g.LastError, g.LeaseOwner, leaseUntil, g.Fence,
+		createdAt, activatedAt, revokeStartedAt, revokedAt, int64(1))
+	if err != nil {
+		return t.fail("insert grant", err)
+	}
+	if n, err := t.rowsAffected("insert grant", res); err != nil {
+		return err
+	} else if n == 0 {
+		return lapse.Errorf(lapse.ECONFLICT, "grant %s already exists", g.ID)
+	}
+	t.set(&g.Version, 1)
+	for _, cp := range g.Checkpoints {
+		if cp.GrantID == "" {
+			cp.GrantID = g.ID
+		}
+		if err := t.PutCheckpoint(ctx, cp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UpdateGrant implements lapse.Tx.
+func (t *tx) UpdateGrant(ctx context.Context, g *lapse.Grant) error {
+	if g == nil {
+		return lapse.Errorf(lapse.EINVALID, "no grant")
+	}
+	var e enc
+	startsAt, expiresAt, dueAt := e.time("starts_at", g.StartsAt), e.time("expires_at", g.ExpiresAt), e.time("due_at", g.DueAt)
+	leaseUntil, activatedAt := e.time("lease_until", g.LeaseUntil), e.time("activated_at", g.ActivatedAt)
+	revokeStartedAt, revokedAt := e.time("revoke_started_at", g.RevokeStartedAt), e.time("revoked_at", g.RevokedAt)
+	info := e.stringMap(g.Info)
+	if e.err != nil {
+		return e.err
+	}
+	res, err := t.exec(ctx, qUpdateGrant, string(g.State), string(g.EndReason), startsAt, expiresAt, dueAt,
+		blob(g.ConnectorState), info, blob(g.SealedCredentials), g.CredentialsClaimed, g.Attempts,
+		g.LastError, g.LeaseOwner, leaseUntil, g.Fence, activatedAt, revokeStartedAt, revokedAt,
+		g.ID, g.Version)
+	if err != nil {
+		return t.fail("update grant", err)
+	}
+	n, err := t.rowsAffected("update grant", res)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return t.missOrConflict(ctx, qGrantExists, "grant", g.ID)
+	}
+	t.set(&g.Version, g.Version+1)
+	return nil
+}
+
+// PutCheckpoint implements lapse.Tx. The row is written with the
+// transaction's other checkpoints when it commits or next reads the grant; a
+// checkpoint of a grant that does not exist then fails with ENOTFOUND.
+func (t *tx) PutCheckpoint(ctx context.Context, cp *lapse.Checkpoint) error {
+	if cp == nil {
+		return lapse.Errorf(lapse.EINVALID, "no checkpoint")
+	}
+	if err := nonEmpty("grant_id", cp.GrantID); err != nil {
+		return err
+	}
+	if err := nonEmpty("name", cp.Name); err != nil {
+		return err
+	}
+	var e enc
+	createdAt, revokedAt, verifiedAt := e.time("created_at", cp.CreatedAt), e.time("revoked_at", cp.RevokedAt), e.time("verified_at", cp.VerifiedAt)
+	residue := e.strings(cp.Residue)
+	if e.err != nil {
+		return e.err
+	}
+	t.buf.putCheckpoint([8]any{cp.GrantID, cp.Name, string(cp.Kind), createdAt, revokedAt, verifiedAt, rawJSON(cp.Evidence), residue})
+	return nil
+}

@@ -1,0 +1,147 @@
+package storetest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/lapsehq/lapse"
+)
+
+var claimTests = []test{
+	{"Basic", testClaimBasic},
+	{"LeaseExpiry", testClaimLeaseExpiry},
+	{"TargetAndLimit", testClaimTargetAndLimit},
+	{"Invalid", testClaimInvalid},
+}
+
+func claim(t testing.TB, s lapse.Store, in lapse.ClaimInput) []*lapse.Grant {
+	t.Helper()
+	gs, err := s.ClaimDueGrants(context.Background(), in)
+	if err != nil {
+		t.Fatalf("ClaimDueGrants(%+v): %v", in, err)
+	}
+	return gs
+}
+
+func testClaimBasic(t *testing.T, s lapse.Store) {
+	ctx := context.Background()
+	now := t0
+	late := dueGrant(t0, now.Add(-time.Hour), "a")
+	late.Checkpoints = []*lapse.Checkpoint{
+		{GrantID: late.ID, Name: "target", Kind: lapse.CheckpointTarget, CreatedAt: t0},
+		{GrantID: late.ID, Name: "sessions", Kind: lapse.CheckpointSessions, CreatedAt: t0.Add(time.Second)},
+	}
+	exact := dueGrant(t0, now, "b")
+	exact.State = lapse.GrantRevokeFailed
+	future := dueGrant(t0, now.Add(time.Nanosecond), "a")
+	revoked := dueGrant(t0, now.Add(-2*time.Hour), "a")
+	revoked.State = lapse.GrantRevoked
+	leased := dueGrant(t0, now.Add(-3*time.Hour), "a")
+	leased.LeaseOwner, leased.LeaseUntil, leased.Fence = "other", now.Add(time.Nanosecond), 4
+	insertGrants(t, s, late, exact, future, revoked, leased)
+
+	got := claim(t, s, lapse.ClaimInput{Owner: "me", Now: now, Lease: time.Minute, Limit: 10})
+	if len(got) != 2 || got[0].ID != late.ID || got[1].ID != exact.ID {
+		t.Fatalf("claimed %v, want [%s %s] in due order", grantIDs(got), late.ID, exact.ID)
+	}
+	for _, want := range []*lapse.Grant{late, exact} {
+		want.LeaseOwner = "me"
+		want.LeaseUntil = now.Add(time.Minute)
+		want.Fence++
+		want.Version++
+	}
+	wantEqual(t, "claimed grant (with checkpoints)", got[0], late)
+	wantEqual(t, "claimed grant", got[1], exact)
+	wantEqual(t, "stored claimed grant", getGrant(t, s, late.ID), late)
+	wantEqual(t, "untouched leased grant", getGrant(t, s, leased.ID), leased)
+	wantEqual(t, "untouched future grant", getGrant(t, s, future.ID), future)
+
+	// Nothing else is due while the leases hold.
+	if again := claim(t, s, lapse.ClaimInput{Owner: "you", Now: now, Lease: time.Minute, Limit: 10}); len(again) != 0 {
+		t.Fatalf("second claim got %v while leases are valid", grantIDs(again))
+	}
+
+	// The claimed copy is current: the claimer can write it.
+	late.State = lapse.GrantRevoking
+	update(t, s, func(tx lapse.Tx) error { return tx.UpdateGrant(ctx, late) })
+}
+
+func testClaimLeaseExpiry(t *testing.T, s lapse.Store) {
+	now := t0
+	g := dueGrant(t0, now, "a")
+	insertGrants(t, s, g)
+	first := claim(t, s, lapse.ClaimInput{Owner: "a", Now: now, Lease: 10 * time.Second, Limit: 1})
+	if len(first) != 1 || first[0].Fence != 1 {
+		t.Fatalf("first claim = %v", first)
+	}
+	// Still leased a nanosecond before the lease ends…
+	if got := claim(t, s, lapse.ClaimInput{Owner: "b", Now: now.Add(10*time.Second - 1), Lease: time.Second, Limit: 1}); len(got) != 0 {
+		t.Fatal("claimed a grant whose lease is still valid")
+	}
+	// …and free when it ends.
+	second := claim(t, s, lapse.ClaimInput{Owner: "b", Now: now.Add(10 * time.Second), Lease: time.Second, Limit: 1})
+	if len(second) != 1 || second[0].LeaseOwner != "b" || second[0].Fence != 2 || second[0].Version != first[0].Version+1 {
+		t.Fatalf("second claim = %+v", second)
+	}
+	// The owner may claim again after its own lease expires too.
+	third := claim(t, s, lapse.ClaimInput{Owner: "b", Now: now.Add(time.Hour), Lease: time.Second, Limit: 1})
+	if len(third) != 1 || third[0].Fence != 3 {
+		t.Fatalf("third claim = %+v", third)
+	}
+}
+
+func testClaimTargetAndLimit(t *testing.T, s lapse.Store) {
+	var gs []*lapse.Grant
+	for i := range 30 {
+		target := "x"
+		if i%3 == 0 {
+			target = "y"
+		}
+		// Due times descend, so due order is the reverse of insertion.
+		gs = append(gs, dueGrant(t0, t0.Add(-time.Duration(i)*time.Second), target))
+	}
+	insertGrants(t, s, gs...)
+	got := claim(t, s, lapse.ClaimInput{Owner: "o", Now: t0, Lease: time.Minute, Limit: 4, Target: "y"})
+	if len(got) != 4 {
+		t.Fatalf("claimed %d, want 4", len(got))
+	}
+	// The oldest due of target y: i = 27, 24, 21, 18.
+	for k, g := range got {
+		if want := gs[27-3*k]; g.ID != want.ID || g.Target != "y" {
+			t.Fatalf("claim[%d] = %s (%s), want %s", k, g.ID, g.Target, want.ID)
+		}
+	}
+	rest := claim(t, s, lapse.ClaimInput{Owner: "o", Now: t0, Lease: time.Minute, Limit: 100})
+	if len(rest) != 26 {
+		t.Fatalf("claimed %d, want the other 26", len(rest))
+	}
+	for i := 1; i < len(rest); i++ {
+		if rest[i].DueAt.Before(rest[i-1].DueAt) {
+			t.Fatal("claim is not in due order")
+		}
+	}
+	if got := claim(t, s, lapse.ClaimInput{Owner: "o", Now: t0, Lease: time.Minute, Limit: 100, Target: "nowhere"}); len(got) != 0 {
+		t.Fatalf("claimed %d grants of an unknown target", len(got))
+	}
+}
+
+func testClaimInvalid(t *testing.T, s lapse.Store) {
+	ctx := context.Background()
+	ok := lapse.ClaimInput{Owner: "o", Now: t0, Lease: time.Second, Limit: 1}
+	for _, tc := range []struct {
+		field string
+		in    func(lapse.ClaimInput) lapse.ClaimInput
+	}{
+		{"owner", func(in lapse.ClaimInput) lapse.ClaimInput { in.Owner = ""; return in }},
+		{"now", func(in lapse.ClaimInput) lapse.ClaimInput { in.Now = time.Time{}; return in }},
+		{"lease", func(in lapse.ClaimInput) lapse.ClaimInput { in.Lease = 0; return in }},
+		{"limit", func(in lapse.ClaimInput) lapse.ClaimInput { in.Limit = 0; return in }},
+	} {
+		_, err := s.ClaimDueGrants(ctx, tc.in(ok))
+		wantCode(t, err, lapse.EINVALID)
+		if f := lapse.ErrorField(err); f != tc.field {
+			t.Fatalf("field = %q, want %q", f, tc.field)
+		}
+	}
+}
