@@ -1,0 +1,36 @@
+package postgres
+
+import "crypto/rand"
+
+// Revoke steps a test can leave out, to show that Verify notices an
+// incomplete revocation.
+const (
+	StepFence     = stepFence
+	StepTerminate = stepTerminate
+	StepDrop      = stepDrop
+)
+
+// SkipRevokeSteps makes c's Revoke leave out the named steps (comma
+// separated), as a buggy or sabotaged revocation would.
+func SkipRevokeSteps(c *Conn, steps string) { c.skip = steps }
+
+// SCRAMVerifier computes a verifier with a random salt, for benchmarks that
+// issue the connector's statements through a bare client.
+func SCRAMVerifier(password string, iterations int) (string, error) {
+	var salt [saltBytes]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		return "", err
+	}
+	return scramVerifier(password, salt[:], iterations)
+}
+
+// LargestBatches reports the largest Revoke and Verify batches c has run.
+func LargestBatches(c *Conn) (revoke, verify int) {
+	c.revokes.mu.Lock()
+	revoke = c.revokes.largest
+	c.revokes.mu.Unlock()
+	c.verifies.mu.Lock()
+	verify = c.verifies.largest
+	c.verifies.mu.Unlock()
+	return revoke, verify
+}

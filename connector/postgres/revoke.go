@@ -1,0 +1,666 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/connector"
+)
+
+// Revoke steps that a test may leave out (export_test.go) to show that
+// Verify notices.
+const (
+	stepFence     = "fence"
+	stepTerminate = "terminate"
+	stepDrop      = "drop"
+)
+
+// revokeInputs is what Revoke and Verify know about a grant apart from the
+// catalog: names derived from the grant ID, and what State and Spec add.
+// Neither State nor Spec is required; a bad one is ignored rather than
+// allowed to block revocation.
+type revokeInputs struct {
+	login, elevation string
+	mode             string   // modeEphemeral, modeElevation or "" (unknown)
+	oids             []uint32 // from State
+	accounts         []string // elevated accounts named by State or Spec
+	groups           []string // entitled roles named by State or Spec
+	notes            []string // why an input was ignored
+}
+
+func (c *Conn) inputs(grantID string, rawState []byte, rawSpec map[string]any) (*revokeInputs, error) {
+	login, elev, err := roleNames(c.cfg.Prefix, grantID)
+	if err != nil {
+		return nil, err
+	}
+	in := &revokeInputs{login: login, elevation: elev}
+	st, err := c.parseState(rawState, login, elev)
+	if err != nil {
+		in.notes = append(in.notes, "state ignored: "+lapse.ErrorMessage(err))
+		st = nil
+	}
+	var specAccount string
+	if rawSpec != nil {
+		spec, err := parseSpec(rawSpec, c.cfg.Prefix)
+		if err != nil {
+			in.notes = append(in.notes, "spec ignored: "+lapse.ErrorMessage(err))
+		} else {
+			in.mode = modeEphemeral
+			if spec.elevation() {
+				in.mode = modeElevation
+				specAccount = spec.Account
+			}
+			in.groups = append(in.groups, spec.Roles...)
+		}
+	}
+	if st != nil {
+		in.mode = st.Mode // what Grant actually did wins over today's catalog
+		if st.OID != 0 {
+			in.oids = append(in.oids, st.OID)
+		}
+		for _, g := range st.Roles {
+			in.groups = appendNew(in.groups, g)
+		}
+	}
+	// The catalog (Spec) is policy; State comes from the store. An account
+	// named only by State is used when the catalog names none, so a
+	// tampered State cannot point Revoke at an arbitrary account while the
+	// catalog says otherwise.
+	switch {
+	case specAccount != "":
+		in.accounts = []string{specAccount}
+	case st != nil && st.Account != "":
+		in.accounts = []string{st.Account}
+	}
+	return in, nil
+}
+
+// skipped reports whether a test asked Revoke to leave out step.
+func (c *Conn) skipped(step string) bool {
+	return c.skip != "" && slices.Contains(strings.Split(c.skip, ","), step)
+}
+
+func (in *revokeInputs) names() []string { return []string{in.login, in.elevation} }
+
+// foundRole is a role of the grant as the catalog shows it.
+type foundRole struct {
+	oid      uint32
+	name     string
+	canLogin bool
+	members  []string // roles that are members of it (elevated accounts)
+	groups   []string // roles it is a member of
+}
+
+// Revoke removes the grant's role and everything that carries it:
+//
+//  1. fence: ALTER ROLE … NOLOGIN and REVOKE it from its members, so no
+//     new session can start or switch to it (committed asynchronously: it
+//     is visible at once, and the final DROP's synchronous commit makes it
+//     durable);
+//  2. terminate every backend whose session user is the role (by OID and
+//     name, so sessions that ran SET ROLE are included), and of every
+//     member that no longer reaches the entitled roles by another path,
+//     and wait until they are gone;
+//  3. DROP ROLE; if the role still owns or holds something, DROP OWNED (or
+//     REASSIGN OWNED) in each database the catalog names, then DROP ROLE.
+//
+// Every step tolerates what an earlier, interrupted Revoke already did.
+// Returns EINVALID for a bad grant ID, EUNAVAILABLE if the server cannot be
+// reached or sessions do not end in time, ECONFLICT if the role owns
+// something the connector may not clean.
+func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*connector.RevokeResponse, error) {
+	in, err := c.inputs(req.GrantID, req.State, req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	it := &revokeItem{in: in}
+	if err := c.revokes.do(ctx, it); err != nil {
+		return nil, dbError("revoke", err)
+	}
+	if it.resp != nil {
+		it.resp.Actions = append(slices.Clone(in.notes), it.resp.Actions...)
+	}
+	if it.err == nil {
+		c.logger.Info("postgres: revoked", "grant_id", req.GrantID, "actions", len(it.resp.Actions))
+	}
+	return it.resp, it.err
+}
+
+// revokeItem is one Revoke in a batch.
+type revokeItem struct {
+	in    *revokeInputs
+	roles []foundRole
+	resp  *connector.RevokeResponse
+	err   error
+}
+
+// revokeBatch revokes a batch of grants. Ephemeral roles that nobody else
+// is a member of — the common case, and the one that comes in thousands
+// when many grants expire together — are handled set-wise: one lookup, one
+// fence, one termination pass, one DROP ROLE for all (one synchronous
+// commit). Anything else (elevation, a role granted on to others, a role
+// that owns objects) takes the per-grant path.
+func (c *Conn) revokeBatch(ctx context.Context, items []*revokeItem) {
+	var names []string
+	for _, it := range items {
+		it.resp = &connector.RevokeResponse{}
+		names = append(names, it.in.names()...)
+	}
+	found, err := c.lookupRoles(ctx, names)
+	if err != nil {
+		for _, it := range items {
+			it.err = err
+		}
+		return
+	}
+	var fast []*revokeItem
+	for _, it := range items {
+		simple := len(it.in.accounts) == 0
+		for _, r := range found {
+			if slices.Contains(it.in.names(), r.name) {
+				it.roles = append(it.roles, r)
+				simple = simple && len(r.members) == 0
+			}
+		}
+		if simple {
+			fast = append(fast, it)
+		} else {
+			it.err = c.revokeOne(ctx, it)
+		}
+	}
+	if len(fast) > 0 {
+		c.revokeFast(ctx, fast)
+	}
+}
+
+// revokeFast is the set-wise path of revokeBatch: items have no accounts
+// and their roles have no members.
+func (c *Conn) revokeFast(ctx context.Context, items []*revokeItem) {
+	fail := func(err error) {
+		for _, it := range items {
+			if it.err == nil {
+				it.err = err
+			}
+		}
+	}
+	var roles []foundRole
+	var names []string
+	var oids []uint32
+	for _, it := range items {
+		names = append(names, it.in.names()...)
+		oids = append(oids, it.in.oids...)
+		roles = append(roles, it.roles...)
+	}
+	if !c.skipped(stepFence) {
+		if err := c.fence(ctx, roles); err != nil {
+			fail(err)
+			return
+		}
+		for _, it := range items {
+			for _, r := range it.roles {
+				if r.canLogin {
+					it.resp.Actions = append(it.resp.Actions, "set role "+r.name+" NOLOGIN")
+				}
+			}
+		}
+	}
+	if !c.skipped(stepTerminate) {
+		for _, r := range roles {
+			oids = appendNew(oids, r.oid)
+		}
+		victims, err := c.terminate(ctx, oids, names, nil)
+		if err != nil {
+			fail(err)
+			return
+		}
+		for _, it := range items {
+			if n := victims.of(it.in.names(), it.in.oids, it.roles); n > 0 {
+				it.resp.Actions = append(it.resp.Actions, fmt.Sprintf("terminated %d sessions", n))
+			}
+		}
+	}
+	if !c.skipped(stepDrop) && len(roles) > 0 {
+		q := make([]string, len(roles))
+		for i, r := range roles {
+			q[i] = quoteIdent(r.name)
+		}
+		_, err := c.pool.Exec(ctx, "DROP ROLE IF EXISTS "+strings.Join(q, ", "))
+		switch {
+		case err == nil:
+			for _, it := range items {
+				for _, r := range it.roles {
+					it.resp.Actions = append(it.resp.Actions, "dropped role "+r.name)
+				}
+			}
+		case pgCode(err) == sqlstateDependentObjects:
+			// Some role owns or holds something: clean and drop one by one.
+			for _, it := range items {
+				for _, r := range it.roles {
+					acts, err := c.dropRole(ctx, r)
+					it.resp.Actions = append(it.resp.Actions, acts...)
+					if err != nil {
+						it.err = err
+						break
+					}
+				}
+			}
+		default:
+			fail(dbError("drop roles", err))
+			return
+		}
+	}
+	for _, it := range items {
+		if len(it.roles) == 0 {
+			it.resp.Actions = append(it.resp.Actions, "no role of the grant left to drop")
+		}
+	}
+}
+
+// revokeOne is the per-grant path: elevation (accounts whose sessions may
+// have to end), or roles that others are members of.
+func (c *Conn) revokeOne(ctx context.Context, it *revokeItem) error {
+	in, roles, resp := it.in, it.roles, it.resp
+	if !c.skipped(stepFence) {
+		if err := c.fence(ctx, roles); err != nil {
+			return err
+		}
+		for _, r := range roles {
+			if r.canLogin {
+				resp.Actions = append(resp.Actions, "set role "+r.name+" NOLOGIN")
+			}
+			if len(r.members) > 0 {
+				resp.Actions = append(resp.Actions, fmt.Sprintf("revoked %s from %s", r.name, strings.Join(r.members, ", ")))
+			}
+		}
+	}
+
+	// Sessions: the grant's roles as session user, and members (elevated
+	// accounts, or roles the grantee granted its role to) unless they still
+	// reach every entitled role another way.
+	names := in.names()
+	oids := slices.Clone(in.oids)
+	accounts := slices.Clone(in.accounts)
+	groups := slices.Clone(in.groups)
+	for _, r := range roles {
+		oids = appendNew(oids, r.oid)
+		for _, m := range r.members {
+			accounts = appendNew(accounts, m)
+		}
+		for _, g := range r.groups {
+			groups = appendNew(groups, g)
+		}
+	}
+	if !c.skipped(stepTerminate) {
+		uncovered, err := c.uncoveredAccounts(ctx, accounts, groups)
+		if err != nil {
+			return err
+		}
+		victims, err := c.terminate(ctx, oids, names, uncovered)
+		if err != nil {
+			return err
+		}
+		if len(victims) > 0 {
+			resp.Actions = append(resp.Actions, fmt.Sprintf("terminated %d sessions", len(victims)))
+		}
+		if covered := without(accounts, uncovered); len(covered) > 0 {
+			resp.Actions = append(resp.Actions, "kept sessions of "+strings.Join(covered, ", ")+": they still hold the entitled roles through another grant or membership")
+		}
+	}
+
+	if !c.skipped(stepDrop) {
+		for _, r := range roles {
+			acts, err := c.dropRole(ctx, r)
+			resp.Actions = append(resp.Actions, acts...)
+			if err != nil {
+				return err
+			}
+		}
+	}
+	if len(roles) == 0 {
+		resp.Actions = append(resp.Actions, "no role of the grant left to drop")
+	}
+	return nil
+}
+
+// lookupRoles reads the grant's roles by their derived names. An OID from
+// State is never used to pick a role to change: a tampered State could name
+// any role.
+func (c *Conn) lookupRoles(ctx context.Context, names []string) ([]foundRole, error) {
+	rows, err := c.pool.Query(ctx, `
+SELECT r.oid, r.rolname::text, r.rolcanlogin,
+  ARRAY(SELECT m.rolname::text FROM pg_catalog.pg_auth_members am JOIN pg_catalog.pg_roles m ON m.oid = am.member WHERE am.roleid = r.oid ORDER BY 1),
+  ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members am JOIN pg_catalog.pg_roles g ON g.oid = am.roleid WHERE am.member = r.oid ORDER BY 1)
+FROM pg_catalog.pg_roles r
+WHERE r.rolname = ANY($1::text[])`, names)
+	if err != nil {
+		return nil, dbError("look up roles", err)
+	}
+	defer rows.Close()
+	var out []foundRole
+	for rows.Next() {
+		var r foundRole
+		if err := rows.Scan(&r.oid, &r.name, &r.canLogin, &r.members, &r.groups); err != nil {
+			return nil, dbError("read roles", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, dbError("read roles", err)
+	}
+	return out, nil
+}
+
+// fence stops new use of the roles: no login, no member can switch to
+// them. It is committed asynchronously: other sessions see it at once, and
+// the DROP ROLE that follows commits synchronously, which flushes it too; if
+// the server crashes before that, the repeated Revoke fences again.
+func (c *Conn) fence(ctx context.Context, roles []foundRole) error {
+	var b strings.Builder
+	for _, r := range roles {
+		if r.canLogin {
+			b.WriteString("ALTER ROLE " + quoteIdent(r.name) + " NOLOGIN;\n")
+		}
+		if len(r.members) > 0 {
+			b.WriteString("REVOKE " + quoteIdent(r.name) + " FROM " + quoteIdents(r.members) + ";\n")
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	// One implicit transaction (simple protocol): all or nothing.
+	if _, err := c.pool.Exec(ctx, "SET LOCAL synchronous_commit = off;\n"+b.String()); err != nil {
+		if pgCode(err) != sqlstateUndefinedObject {
+			return dbError("fence roles", err)
+		}
+		// A role was dropped meanwhile by a concurrent Revoke, which
+		// aborted the whole transaction: fence the others one by one.
+		if len(roles) > 1 {
+			for _, r := range roles {
+				if err := c.fence(ctx, []foundRole{r}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// uncoveredAccounts returns the accounts that do not reach every entitled
+// role through another path: their sessions may hold a privilege only the
+// revoked grant gave (a session that ran SET ROLE keeps the role's
+// privileges after the membership is gone, and PostgreSQL does not show
+// which sessions did), so they must end. An account that still reaches
+// every entitled role loses nothing its sessions could use.
+func (c *Conn) uncoveredAccounts(ctx context.Context, accounts, groups []string) ([]string, error) {
+	if len(accounts) == 0 {
+		return nil, nil
+	}
+	rows, err := c.pool.Query(ctx, uncoveredSQL+"SELECT name FROM uncovered", accounts, groups)
+	if err != nil {
+		return nil, dbError("check remaining memberships", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, dbError("read remaining memberships", err)
+		}
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, dbError("read remaining memberships", err)
+	}
+	return out, nil
+}
+
+// uncoveredSQL defines the CTE "uncovered" over $1 (accounts) and $2
+// (entitled roles). An account is covered only if there is at least one
+// entitled role and it reaches each existing one.
+const uncoveredSQL = `
+WITH uncovered AS (
+  SELECT a.oid, a.rolname::text AS name FROM pg_catalog.pg_roles a
+  WHERE a.rolname = ANY($1::text[])
+    AND (cardinality($2::text[]) = 0 OR EXISTS (
+      SELECT 1 FROM pg_catalog.pg_roles g
+      WHERE g.rolname = ANY($2::text[]) AND NOT pg_catalog.pg_has_role(a.oid, g.oid, 'MEMBER')))
+)
+`
+
+// terminate ends every backend whose session user is one of the roles
+// (by OID or name) or one of accounts, and waits until they have exited.
+// It first signals all of them, then waits on each (they die in parallel),
+// and repeats until none is left, so a session that was still starting is
+// caught too. It returns how many backends it signalled.
+func (c *Conn) terminate(ctx context.Context, oids []uint32, names, accounts []string) (victims, error) {
+	// A backend matches by OID only when its role no longer exists (usename
+	// is NULL): the orphaned session of a dropped role. Never by the OID of
+	// an existing role, which a tampered State could set to anyone's.
+	// The victims are chosen in a materialised CTE before any signal is
+	// sent: in a plain WHERE clause the planner may evaluate quals in any
+	// order, and pg_terminate_backend must never see a row that does not
+	// match.
+	const match = `
+WITH victims AS MATERIALIZED (
+  SELECT pid, coalesce(usename::text, '') AS usename, usesysid FROM pg_catalog.pg_stat_activity
+  WHERE (usename = ANY($2::text[]) OR usename = ANY($3::text[])
+         OR (usesysid = ANY($1::oid[]) AND usename IS NULL))
+    AND pid <> pg_catalog.pg_backend_pid()
+)
+`
+	const signal = match + `SELECT pid, usename, usesysid FROM victims WHERE pg_catalog.pg_terminate_backend(pid)`
+	// pg_terminate_backend(pid, timeout) waits until that backend has
+	// exited (PostgreSQL 14+). Every victim was signalled already, so they
+	// exit in parallel and the waits overlap. The victims are matched
+	// again rather than taken from the list, so a PID reused meanwhile by
+	// another backend is never touched.
+	const wait = match + `SELECT count(*) FROM victims WHERE pg_catalog.pg_terminate_backend(pid, $4)`
+	deadline := time.Now().Add(c.cfg.TerminateWait.D())
+	seen := make(map[int32]bool)
+	var out victims
+	for {
+		rows, err := c.pool.Query(ctx, signal, oidArray(oids), nonNil(names), nonNil(accounts))
+		if err != nil {
+			return out, dbError("terminate sessions", err)
+		}
+		n := 0
+		for rows.Next() {
+			var v victim
+			if err := rows.Scan(&v.pid, &v.name, &v.oid); err != nil {
+				rows.Close()
+				return out, dbError("terminate sessions", err)
+			}
+			n++
+			if !seen[v.pid] {
+				seen[v.pid] = true
+				out = append(out, v)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return out, dbError("terminate sessions", err)
+		}
+		if n == 0 {
+			return out, nil
+		}
+		if time.Now().After(deadline) {
+			return out, lapse.Errorf(lapse.EUNAVAILABLE, "%d sessions did not end within %s", n, c.cfg.TerminateWait)
+		}
+		ms := max(min(time.Until(deadline), time.Second), time.Millisecond).Milliseconds()
+		if _, err := c.pool.Exec(ctx, wait, oidArray(oids), nonNil(names), nonNil(accounts), ms); err != nil {
+			return out, dbError("wait for sessions to end", err)
+		}
+	}
+}
+
+// victim is a backend that terminate signalled.
+type victim struct {
+	pid  int32
+	name string // session user; "" if its role no longer exists
+	oid  uint32
+}
+
+type victims []victim
+
+// of counts the victims that belong to a grant: by session user name, or
+// by OID for sessions whose role is gone.
+func (vs victims) of(names []string, oids []uint32, roles []foundRole) int {
+	n := 0
+	for _, v := range vs {
+		mine := slices.Contains(names, v.name) || slices.Contains(oids, v.oid)
+		for _, r := range roles {
+			mine = mine || r.oid == v.oid
+		}
+		if mine {
+			n++
+		}
+	}
+	return n
+}
+
+// dropRole drops r, first cleaning what it owns or holds in each database
+// if the plain DROP ROLE is refused for that.
+func (c *Conn) dropRole(ctx context.Context, r foundRole) ([]string, error) {
+	drop := "DROP ROLE IF EXISTS " + quoteIdent(r.name)
+	_, err := c.pool.Exec(ctx, drop)
+	if err == nil {
+		return []string{"dropped role " + r.name}, nil
+	}
+	if pgCode(err) != sqlstateDependentObjects {
+		return nil, dbError("drop role "+r.name, err)
+	}
+	dbs, shared, err := c.dependencyDatabases(ctx, r.oid)
+	if err != nil {
+		return nil, err
+	}
+	if shared {
+		return nil, &lapse.Error{Code: lapse.ECONFLICT, Message: "the role owns a database or tablespace; Lapse does not drop those", Err: fmt.Errorf("postgres: drop role %s: owns shared objects", r.name)}
+	}
+	var actions []string
+	for _, db := range dbs {
+		if !c.databaseAllowed(db.name) || !db.allowConn {
+			return actions, &lapse.Error{Code: lapse.ECONFLICT, Message: "the role owns or holds objects in a database the connector may not clean", Err: fmt.Errorf("postgres: drop role %s: objects in database %s", r.name, db.name)}
+		}
+		pool, err := c.dbPool(ctx, db.name)
+		if err != nil {
+			return actions, err
+		}
+		script := "DROP OWNED BY " + quoteIdent(r.name)
+		verb := "dropped objects and privileges of " + r.name + " in database " + db.name
+		if c.cfg.Owned == OwnedReassign {
+			script = "REASSIGN OWNED BY " + quoteIdent(r.name) + " TO " + quoteIdent(c.cfg.ReassignTo) + ";\n" + script
+			verb = "reassigned objects of " + r.name + " to " + c.cfg.ReassignTo + " and dropped its privileges in database " + db.name
+		}
+		if _, err := pool.Exec(ctx, script); err != nil {
+			if pgCode(err) == sqlstateUndefinedObject {
+				break // dropped meanwhile by a concurrent Revoke
+			}
+			return actions, dbError("clean up role "+r.name+" in database "+db.name, err)
+		}
+		actions = append(actions, verb)
+	}
+	if _, err := c.pool.Exec(ctx, drop); err != nil {
+		return actions, dbError("drop role "+r.name, err)
+	}
+	return append(actions, "dropped role "+r.name), nil
+}
+
+type dependencyDB struct {
+	name      string
+	allowConn bool
+}
+
+// dependencyDatabases lists the databases where the catalog records an
+// object owned by, a privilege granted to, or a default privilege of the
+// role (pg_shdepend is cluster-wide, so one query answers for all
+// databases). shared is true for dependencies of shared objects.
+func (c *Conn) dependencyDatabases(ctx context.Context, oid uint32) (dbs []dependencyDB, shared bool, err error) {
+	rows, err := c.pool.Query(ctx, `
+SELECT DISTINCT s.dbid = 0, coalesce(d.datname::text, ''), coalesce(d.datallowconn, false)
+FROM pg_catalog.pg_shdepend s LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+WHERE s.refclassid = 'pg_catalog.pg_authid'::regclass AND s.refobjid = $1`, oid)
+	if err != nil {
+		return nil, false, dbError("find databases to clean", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var isShared bool
+		var db dependencyDB
+		if err := rows.Scan(&isShared, &db.name, &db.allowConn); err != nil {
+			return nil, false, dbError("find databases to clean", err)
+		}
+		if isShared {
+			shared = true
+			continue
+		}
+		dbs = append(dbs, db)
+	}
+	return dbs, shared, rows.Err()
+}
+
+func (c *Conn) databaseAllowed(db string) bool {
+	return len(c.cfg.Databases) == 0 || slices.Contains(c.cfg.Databases, db)
+}
+
+// dbPool returns a small pool connected to database db, as the admin.
+func (c *Conn) dbPool(ctx context.Context, db string) (*pgxpool.Pool, error) {
+	if db == c.poolConfig.ConnConfig.Database {
+		return c.pool, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, lapse.Errorf(lapse.EUNAVAILABLE, "connector is closed")
+	}
+	if p, ok := c.dbPools[db]; ok {
+		return p, nil
+	}
+	cfg := c.poolConfig.Copy()
+	cfg.ConnConfig.Database = db
+	cfg.MaxConns = DefaultDatabaseConns
+	cfg.MinConns = 0
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, dbError("connect to database "+db, err)
+	}
+	c.dbPools[db] = p
+	return p, nil
+}
+
+func appendNew[T comparable](s []T, v T) []T {
+	if slices.Contains(s, v) {
+		return s
+	}
+	return append(s, v)
+}
+
+func without(s, remove []string) []string {
+	var out []string
+	for _, v := range s {
+		if !slices.Contains(remove, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// oidArray returns a non-nil slice, which pgx encodes as an empty array.
+func oidArray(o []uint32) []uint32 {
+	if o == nil {
+		return []uint32{}
+	}
+	return o
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
