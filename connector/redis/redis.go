@@ -1,0 +1,658 @@
+// Package redis is the connector for Redis 7 deployments: each grant gets
+// its own ACL user with exact rules on every configured node (ACLs are not
+// replicated), and revocation deletes the user and closes its connections
+// on every node, then proves it: no ACL user, no client of that user, and a
+// real AUTH with the grant's password fails.
+//
+// Redis ACLs have no expiry of their own; the broker's durable deadline is
+// the only control that ends a grant (see docs/connectors/redis.md).
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/connector"
+)
+
+// Conn is a Redis target. It is safe for concurrent use; grants and
+// revocations of different grants proceed in parallel, limited only by the
+// per-node connection pool.
+type Conn struct {
+	cfg    Config
+	clock  lapse.Clock
+	log    *slog.Logger
+	nodes  []*node
+	byName map[string]*node
+
+	// revokeNode is the per-node revocation step. Tests replace it (see
+	// export_test.go) to prove that Verify catches a revocation that
+	// silently did not happen.
+	revokeNode func(ctx context.Context, n *node, user string) (nodeRevocation, error)
+}
+
+type node struct {
+	name  string
+	addr  string
+	admin *goredis.Client
+	// probe holds unauthenticated connections used only for login probes,
+	// so a probe never changes the identity of an admin connection.
+	probe        atomic.Pointer[goredis.Client]
+	probeOptions func() *goredis.Options
+	mu           sync.Mutex // guards replacing probe, and probeAddrs
+	// probeAddrs are the local addresses of the probe connections, so
+	// Verify does not count its own probe, logged in for a moment when a
+	// login is (wrongly) accepted, as a session of the user.
+	probeAddrs map[string]bool
+	// observer and prober batch the queries of concurrent verifications.
+	observer *batcher[string, observation]
+	prober   *batcher[login, probeResult]
+}
+
+// trackingDialer wraps dial to record the local address of each probe
+// connection while it is open.
+func (n *node) trackingDialer(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		cn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		local := cn.LocalAddr().String()
+		n.mu.Lock()
+		n.probeAddrs[local] = true
+		n.mu.Unlock()
+		return &trackedConn{Conn: cn, onClose: func() {
+			n.mu.Lock()
+			delete(n.probeAddrs, local)
+			n.mu.Unlock()
+		}}, nil
+	}
+}
+
+func (n *node) isProbeAddr(addr string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.probeAddrs[addr]
+}
+
+type trackedConn struct {
+	net.Conn
+	once    sync.Once
+	onClose func()
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(c.onClose)
+	return c.Conn.Close()
+}
+
+// New opens a connector for cfg. It validates cfg, resolves the admin
+// secrets and builds the connection pools; it does not dial, so a node
+// that is down at start-up does not stop the broker from starting (use
+// Ping for a readiness check). Returns EINVALID for a bad configuration.
+func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Conn{
+		cfg:    cfg,
+		clock:  env.Clock,
+		log:    env.Logger,
+		byName: map[string]*node{},
+	}
+	if c.clock == nil {
+		c.clock = lapse.SystemClock{}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c.revokeNode = revokeOnNode
+	for i, nc := range cfg.Nodes {
+		password, err := nc.Password.Resolve()
+		if err != nil {
+			c.Close()
+			return nil, &lapse.Error{Code: lapse.EINVALID, Field: fmt.Sprintf("nodes[%d].password", i),
+				Message: "cannot read the node's admin password", Err: err}
+		}
+		tlsConfig, err := nc.TLS.build(nc.Addr)
+		if err != nil {
+			c.Close()
+			return nil, &lapse.Error{Code: lapse.EINVALID, Field: fmt.Sprintf("nodes[%d].tls", i),
+				Message: "cannot load the node's TLS files", Err: err}
+		}
+		base := func() *goredis.Options {
+			return &goredis.Options{
+				Addr:                  nc.Addr,
+				Protocol:              2,
+				DisableIdentity:       true,
+				DialTimeout:           cfg.DialTimeout.D(),
+				ReadTimeout:           cfg.Timeout.D(),
+				WriteTimeout:          cfg.Timeout.D(),
+				ContextTimeoutEnabled: true,
+				// A failed command is reported, and the broker, which
+				// knows whether repeating it is wanted, retries.
+				MaxRetries:    -1,
+				DialerRetries: 1,
+				TLSConfig:     tlsConfig,
+			}
+		}
+		admin := base()
+		admin.Username, admin.Password = nc.Username, password
+		admin.ClientName = "lapse"
+		admin.PoolSize = cfg.PoolSize
+		n := &node{name: nc.Name, addr: nc.Addr, admin: goredis.NewClient(admin), probeAddrs: map[string]bool{}}
+		n.observer = &batcher[string, observation]{timeout: cfg.Timeout.D(), run: n.observe}
+		n.prober = &batcher[login, probeResult]{timeout: cfg.Timeout.D(), run: n.probeLogins}
+		n.probeOptions = func() *goredis.Options {
+			o := base()
+			o.PoolSize = 4
+			dial := goredis.NewDialer(o)
+			o.Dialer = n.trackingDialer(dial)
+			return o
+		}
+		n.probe.Store(goredis.NewClient(n.probeOptions()))
+		c.nodes = append(c.nodes, n)
+		c.byName[n.name] = n
+	}
+	return c, nil
+}
+
+// Open is the connector.Factory for Redis targets.
+func Open(env connector.Env, decode func(v any) error) (connector.Connector, error) {
+	var cfg Config
+	if err := decode(&cfg); err != nil {
+		return nil, err
+	}
+	return New(context.Background(), cfg, env)
+}
+
+func (t *TLSConfig) build(addr string) (*tls.Config, error) {
+	if t == nil {
+		return nil, nil
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	if t.ServerName != "" {
+		cfg.ServerName = t.ServerName
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis: read CA file %s: %w", t.CAFile, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("redis: CA file %s holds no PEM certificate", t.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis: load client certificate %s: %w", t.CertFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// Close releases every connection pool.
+func (c *Conn) Close() error {
+	var errs []error
+	for _, n := range c.nodes {
+		errs = append(errs, n.admin.Close(), n.probe.Load().Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Ping checks that every node answers with the admin credentials. Returns
+// EUNAVAILABLE naming the first node that does not.
+func (c *Conn) Ping(ctx context.Context) error {
+	return firstError(c.each(ctx, func(ctx context.Context, n *node) error {
+		if err := n.admin.Ping(ctx).Err(); err != nil {
+			return nodeError(n, "ping", err)
+		}
+		return nil
+	}))
+}
+
+// ValidateSpec checks an entitlement spec without contacting a server.
+func (c *Conn) ValidateSpec(spec map[string]any) error {
+	_, err := parseSpec(spec)
+	return err
+}
+
+// UserName returns the ACL user name of a grant: the prefix followed by the
+// grant ID, at most MaxUserNameLength bytes from a-z 0-9 _ -. Returns
+// EINVALID for a grant ID outside that alphabet or longer than
+// MaxGrantIDLength.
+func (c *Conn) UserName(grantID string) (string, error) {
+	if !safeName(grantID, MaxGrantIDLength) || grantID[0] == '_' || grantID[0] == '-' {
+		return "", lapse.FieldErrorf(lapse.EINVALID, "grant_id", "grant ID must be 1 to %d characters of a-z 0-9 _ - starting with a letter or digit", MaxGrantIDLength)
+	}
+	name := c.cfg.Prefix + grantID
+	if len(name) > MaxUserNameLength {
+		return "", lapse.FieldErrorf(lapse.EINVALID, "grant_id", "user name would exceed %d bytes", MaxUserNameLength)
+	}
+	return name, nil
+}
+
+// state is what the broker keeps for a grant. It holds no secret.
+type state struct {
+	User  string   `json:"user"`
+	Nodes []string `json:"nodes"`
+}
+
+// Grant creates the grant's ACL user on every node, with the spec's exact
+// rules and a fresh 256-bit password that the server only ever sees as its
+// SHA-256. Calling it again for the same grant resets the same user to a
+// new password. If any node fails, the user is removed from every node
+// again. Returns EINVALID for a bad grant ID or spec (or rules a server
+// rejects) and EUNAVAILABLE when a node cannot be reached.
+func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connector.GrantResponse, error) {
+	user, err := c.UserName(req.GrantID)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := parseSpec(req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	password, hash, err := newPassword()
+	if err != nil {
+		return nil, lapse.Internal("redis: generate password", err)
+	}
+	rules := spec.rules(hash)
+	args := make([]any, 0, 3+len(rules))
+	args = append(args, "ACL", "SETUSER", user)
+	for _, r := range rules {
+		args = append(args, r)
+	}
+	errs := c.each(ctx, func(ctx context.Context, n *node) error {
+		err := n.admin.Do(ctx, args...).Err()
+		if goredis.HasErrorPrefix(err, "Error in ACL SETUSER") {
+			// The rules passed the spec grammar but this server does not
+			// know one of them (a command of a newer version, say).
+			return &lapse.Error{Code: lapse.EINVALID, Field: "spec",
+				Message: fmt.Sprintf("redis node %s rejected the ACL rules", n.name),
+				Err:     fmt.Errorf("redis: node %s: set user %s: %w", n.name, user, err)}
+		}
+		if err != nil {
+			return nodeError(n, "set user "+user, err)
+		}
+		return nil
+	})
+	if err := firstError(errs); err != nil {
+		// Undo on every node, not only those that succeeded: a timeout
+		// may hide a command the server did run. Use a fresh context so
+		// a cancelled request still cleans up.
+		undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout.D())
+		defer cancel()
+		for _, uerr := range c.each(undoCtx, func(ctx context.Context, n *node) error {
+			_, err := revokeOnNode(ctx, n, user)
+			return err
+		}) {
+			if uerr != nil {
+				c.log.Warn("redis: undo of a failed grant did not finish; revocation will retry", "user", user, "err", uerr)
+			}
+		}
+		return nil, err
+	}
+	names := make([]string, len(c.nodes))
+	checkpoints := make([]connector.CheckpointSpec, 0, 2*len(c.nodes))
+	for i, n := range c.nodes {
+		names[i] = n.name
+		checkpoints = append(checkpoints,
+			connector.CheckpointSpec{Name: n.name + "/acl", Kind: lapse.CheckpointTarget},
+			connector.CheckpointSpec{Name: n.name + "/sessions", Kind: lapse.CheckpointSessions})
+	}
+	st, err := json.Marshal(state{User: user, Nodes: names})
+	if err != nil {
+		return nil, lapse.Internal("redis: encode state", err)
+	}
+	c.log.Debug("redis: granted", "user", user, "nodes", len(c.nodes))
+	return &connector.GrantResponse{
+		Secret:      map[string]string{"password": password},
+		Info:        map[string]string{"username": user, "addr": c.cfg.ClientAddr, "nodes": strings.Join(names, ",")},
+		State:       st,
+		Checkpoints: checkpoints,
+		Probe:       map[string]string{"password": password},
+	}, nil
+}
+
+// newPassword returns 256 random bits as unpadded base64url (43 characters)
+// and the hex SHA-256 that ACL SETUSER accepts as `#<hash>`. A hash of a
+// random 256-bit secret needs no salt or stretching: there is nothing to
+// guess.
+func newPassword() (password, hash string, err error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", "", err
+	}
+	password = base64.RawURLEncoding.EncodeToString(b[:])
+	sum := sha256.Sum256([]byte(password))
+	return password, hex.EncodeToString(sum[:]), nil
+}
+
+// nodeRevocation is what revocation did on one node.
+type nodeRevocation struct {
+	deleted bool
+	killed  int64
+}
+
+// revokeOnNode closes the user's connections and deletes the user in one
+// MULTI/EXEC, so no login can slip in between the two. ACL DELUSER (never
+// `off`, which keeps authenticated connections) also closes connections
+// itself; CLIENT KILL USER makes that explicit and counts them.
+func revokeOnNode(ctx context.Context, n *node, user string) (nodeRevocation, error) {
+	var kill, del *goredis.Cmd
+	_, err := n.admin.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		kill = p.Do(ctx, "CLIENT", "KILL", "USER", user)
+		del = p.Do(ctx, "ACL", "DELUSER", user)
+		return nil
+	})
+	var r nodeRevocation
+	if kill == nil || del == nil {
+		return r, nodeError(n, "revoke "+user, err)
+	}
+	killed, kerr := kill.Int64()
+	switch {
+	case kerr == nil:
+		r.killed = killed
+	case goredis.HasErrorPrefix(kerr, "No such user"):
+		// The user is already gone, and with it its connections.
+	default:
+		return r, nodeError(n, "kill clients of "+user, kerr)
+	}
+	deleted, derr := del.Int64()
+	if derr != nil {
+		return r, nodeError(n, "delete user "+user, derr)
+	}
+	r.deleted = deleted > 0
+	return r, nil
+}
+
+// Revoke deletes the grant's ACL user and closes its connections on every
+// configured node. It needs neither State nor a successful Grant: the user
+// name comes from the grant ID. Repeating it is harmless. Returns
+// EUNAVAILABLE, after acting on every reachable node, if a node failed.
+func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*connector.RevokeResponse, error) {
+	user, err := c.UserName(req.GrantID)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]nodeRevocation, len(c.nodes))
+	errs := c.eachIndexed(ctx, func(ctx context.Context, i int, n *node) error {
+		r, err := c.revokeNode(ctx, n, user)
+		results[i] = r
+		return err
+	})
+	resp := &connector.RevokeResponse{}
+	for i, n := range c.nodes {
+		switch {
+		case errs[i] != nil:
+			resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: revocation failed", n.name))
+		case results[i].deleted:
+			resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: deleted ACL user %s, closed %d connections", n.name, user, results[i].killed))
+		default:
+			resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: ACL user %s already absent, closed %d connections", n.name, user, results[i].killed))
+		}
+	}
+	for _, name := range c.missingNodes(req.State) {
+		resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: held the grant but is no longer configured; cannot revoke there", name))
+	}
+	if err := firstError(errs); err != nil {
+		return nil, err
+	}
+	c.log.Debug("redis: revoked", "user", user, "actions", resp.Actions)
+	return resp, nil
+}
+
+// missingNodes returns the nodes named in a grant's state that are not
+// configured any more. A hostile or corrupt state cannot name anything
+// but a node-name-shaped string here: it is only reported, never dialled.
+func (c *Conn) missingNodes(raw json.RawMessage) []string {
+	if len(raw) == 0 {
+		return nil
+	}
+	var st state
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil
+	}
+	var missing []string
+	for _, name := range st.Nodes {
+		if _, ok := c.byName[name]; !ok && safeName(name, maxNodeNameLength) {
+			missing = append(missing, name)
+		}
+	}
+	return missing
+}
+
+// Verify checks every configured node, read-only: ACL GETUSER must return
+// nil, CLIENT LIST must show no client of the user, and AUTH with the
+// grant's own password (from req.Probe) must fail. It reports one target
+// and one sessions checkpoint per node, with what it queried and saw. A
+// node named in State that is no longer configured is reported as residue.
+// Returns EUNAVAILABLE if a node could not be checked.
+func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*connector.VerifyResponse, error) {
+	user, err := c.UserName(req.GrantID)
+	if err != nil {
+		return nil, err
+	}
+	password := req.Probe["password"]
+	results := make([][2]connector.CheckpointResult, len(c.nodes))
+	errs := c.eachIndexed(ctx, func(ctx context.Context, i int, n *node) error {
+		var err error
+		results[i], err = c.verifyNode(ctx, n, user, password)
+		return err
+	})
+	if err := firstError(errs); err != nil {
+		return nil, err
+	}
+	resp := &connector.VerifyResponse{}
+	for _, r := range results {
+		resp.Checkpoints = append(resp.Checkpoints, r[0], r[1])
+	}
+	for _, name := range c.missingNodes(req.State) {
+		for _, kind := range []lapse.CheckpointKind{lapse.CheckpointTarget, lapse.CheckpointSessions} {
+			suffix := "/acl"
+			if kind == lapse.CheckpointSessions {
+				suffix = "/sessions"
+			}
+			resp.Checkpoints = append(resp.Checkpoints, connector.CheckpointResult{
+				Name: name + suffix, Kind: kind, Gone: false,
+				Evidence: map[string]any{"node": name, "configured": false},
+				Residue:  []string{"node " + name + " held the grant but is no longer configured, so it cannot be checked"},
+			})
+		}
+	}
+	return resp, nil
+}
+
+func (c *Conn) verifyNode(ctx context.Context, n *node, user, password string) ([2]connector.CheckpointResult, error) {
+	var (
+		wg    sync.WaitGroup
+		probe = probeResult{outcome: "not run: no probe material"}
+		perr  error
+	)
+	if password != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			probe, perr = n.prober.do(ctx, login{user, password})
+		}()
+	}
+	obs, oerr := n.observer.do(ctx, user)
+	checkedAt := c.clock.Now()
+	wg.Wait()
+	var out [2]connector.CheckpointResult
+	for _, err := range []error{oerr, obs.err, perr, probe.err} {
+		if err != nil {
+			return out, err
+		}
+	}
+
+	// The ACL user itself, and the login probe.
+	target := connector.CheckpointResult{Name: n.name + "/acl", Kind: lapse.CheckpointTarget}
+	present := obs.present
+	target.Evidence = map[string]any{
+		"node":         n.name,
+		"addr":         n.addr,
+		"query":        "ACL GETUSER " + user,
+		"user_present": present,
+		"login_probe":  probe.outcome,
+		"checked_at":   checkedAt.Format(time.RFC3339Nano),
+	}
+	if present {
+		target.Residue = append(target.Residue, fmt.Sprintf("ACL user %s exists on node %s (%s)", user, n.name, describeUser(obs.reply)))
+	}
+	if probe.accepted {
+		target.Residue = append(target.Residue, fmt.Sprintf("AUTH as %s with the grant's password succeeded on node %s", user, n.name))
+	}
+	target.Gone = len(target.Residue) == 0
+
+	// Live connections of the user.
+	sessions := connector.CheckpointResult{Name: n.name + "/sessions", Kind: lapse.CheckpointSessions}
+	var mine []string
+	excluded := 0
+	for _, cl := range obs.clients {
+		if n.isProbeAddr(cl.addr) {
+			excluded++
+			continue
+		}
+		mine = append(mine, fmt.Sprintf("id=%s addr=%s cmd=%s", cl.id, cl.addr, cl.cmd))
+	}
+	sessions.Evidence = map[string]any{
+		"node":            n.name,
+		"addr":            n.addr,
+		"query":           "CLIENT LIST",
+		"clients_seen":    obs.clientsSeen,
+		"clients_of_user": len(mine),
+		// The connector's own login probe, if the login was accepted.
+		"probe_clients_excluded": excluded,
+		// How many verifications shared this CLIENT LIST (see batcher).
+		"listing_shared_by": obs.batch,
+		"checked_at":        checkedAt.Format(time.RFC3339Nano),
+	}
+	for _, m := range mine {
+		sessions.Residue = append(sessions.Residue, fmt.Sprintf("node %s: client %s", n.name, m))
+	}
+	sessions.Gone = len(mine) == 0
+	out[0], out[1] = target, sessions
+	return out, nil
+}
+
+func (n *node) replaceProbe(old *goredis.Client) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.probe.Load() != old {
+		return
+	}
+	n.probe.Store(goredis.NewClient(n.probeOptions()))
+	_ = old.Close()
+}
+
+// describeUser summarises an ACL GETUSER reply (flags and command rules),
+// leaving out the password hashes.
+func describeUser(reply []any) string {
+	var parts []string
+	for i := 0; i+1 < len(reply); i += 2 {
+		k, _ := reply[i].(string)
+		switch k {
+		case "flags":
+			var flags []string
+			if l, ok := reply[i+1].([]any); ok {
+				for _, f := range l {
+					if s, ok := f.(string); ok {
+						flags = append(flags, s)
+					}
+				}
+			}
+			parts = append(parts, "flags: "+strings.Join(flags, " "))
+		case "commands":
+			if s, ok := reply[i+1].(string); ok {
+				parts = append(parts, "commands: "+s)
+			}
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// each runs f on every node, in parallel when there are several, and
+// returns one error slot per node.
+func (c *Conn) each(ctx context.Context, f func(ctx context.Context, n *node) error) []error {
+	return c.eachIndexed(ctx, func(ctx context.Context, _ int, n *node) error { return f(ctx, n) })
+}
+
+func (c *Conn) eachIndexed(ctx context.Context, f func(ctx context.Context, i int, n *node) error) []error {
+	errs := make([]error, len(c.nodes))
+	if len(c.nodes) == 1 {
+		errs[0] = f(ctx, 0, c.nodes[0])
+		return errs
+	}
+	var wg sync.WaitGroup
+	for i, n := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(ctx, i, n)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nodeError turns a failure on a node into an application error:
+// EUNAVAILABLE, because the broker retries and the operator must look at
+// the node. The message names the node, never a credential; the cause is
+// kept for the log.
+func nodeError(n *node, op string, err error) error {
+	cause := fmt.Errorf("redis: node %s: %s: %w", n.name, op, err)
+	var msg string
+	var rerr goredis.Error
+	switch {
+	case goredis.IsAuthError(err) || goredis.IsPermissionError(err):
+		msg = fmt.Sprintf("redis node %s refused the connector's admin account", n.name)
+	case errors.As(err, &rerr):
+		msg = fmt.Sprintf("redis node %s returned an error", n.name)
+	default:
+		msg = fmt.Sprintf("redis node %s cannot be reached", n.name)
+	}
+	return &lapse.Error{Code: lapse.EUNAVAILABLE, Message: msg, Err: cause}
+}
+
+// Interface guards.
+var (
+	_ connector.Connector     = (*Conn)(nil)
+	_ connector.SpecValidator = (*Conn)(nil)
+	_ connector.Closer        = (*Conn)(nil)
+	_ connector.Factory       = Open
+)
