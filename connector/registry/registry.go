@@ -12,13 +12,19 @@ import (
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
 	"github.com/lapsehq/lapse/connector/fake"
+	"github.com/lapsehq/lapse/connector/mariadb"
+	"github.com/lapsehq/lapse/connector/postgres"
+	"github.com/lapsehq/lapse/connector/redis"
 	"github.com/lapsehq/lapse/connector/token"
 )
 
 // Kinds maps a target kind to the factory that opens it.
 var Kinds = map[string]connector.Factory{
-	"fake":  fake.Open,
-	"token": token.Open,
+	"fake":     fake.Open,
+	"mariadb":  mariadb.Open,
+	"postgres": postgres.Open,
+	"redis":    redis.Open,
+	"token":    token.Open,
 }
 
 // KnownKinds returns the registered kinds, sorted and comma-separated, for

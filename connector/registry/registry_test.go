@@ -17,7 +17,7 @@ func TestOpenUnknownKind(t *testing.T) {
 	if lapse.ErrorCode(err) != lapse.EINVALID || lapse.ErrorField(err) != "kind" {
 		t.Fatalf("Open(ldap) = %v, want EINVALID on field kind", err)
 	}
-	for _, k := range []string{"fake", "token"} {
+	for _, k := range []string{"fake", "mariadb", "postgres", "redis", "token"} {
 		if !strings.Contains(err.Error(), k) {
 			t.Errorf("error %q does not list the known kind %s", err, k)
 		}
