@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -592,5 +593,33 @@ func TestConcurrentDecisionsEndInOneOutcome(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The probe material a connector hands out at Grant survives the store and
+// reaches Verify, so verification includes a real login attempt.
+func TestVerifyRunsTheLoginProbe(t *testing.T) {
+	e := newSQLiteEnv(t)
+	g := e.approvedGrant()
+	if len(g.SealedProbe) == 0 {
+		t.Fatal("the stored grant carries no sealed probe material")
+	}
+	e.clock.Advance(time.Hour)
+	e.tick()
+	got := e.grant(g.ID)
+	if got.State != lapse.GrantRevoked {
+		t.Fatalf("grant ended %s (%s), want revoked", got.State, got.LastError)
+	}
+	if len(got.SealedProbe) != 0 {
+		t.Error("probe material is kept after the revocation was verified")
+	}
+	var probed bool
+	for _, c := range got.Checkpoints {
+		if c.Name == fake.CheckpointAccount {
+			probed = strings.Contains(string(c.Evidence), `"login_probe":"refused"`)
+		}
+	}
+	if !probed {
+		t.Fatalf("no refused login probe in the evidence: %+v", got.Checkpoints)
 	}
 }

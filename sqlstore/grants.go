@@ -24,7 +24,7 @@ func scanGrant(sc scanner) (*lapse.Grant, error) {
 	p := &g.Principal
 	err := sc.Scan(&g.ID, &g.RequestID, &p.ID, &pc.kind, &p.Name, &pc.groups, &pc.scopes, &p.CredentialID,
 		&g.Entitlement, &g.Target, &g.TaskID, &state, &endReason,
-		&startsAt, &expiresAt, &dueAt, &g.ConnectorState, &info, &g.SealedCredentials, &g.CredentialsClaimed,
+		&startsAt, &expiresAt, &dueAt, &g.ConnectorState, &info, &g.SealedCredentials, &g.SealedProbe, &g.CredentialsClaimed,
 		&g.Attempts, &g.LastError, &g.LeaseOwner, &leaseUntil, &g.Fence,
 		&createdAt, &activatedAt, &revokeStartedAt, &revokedAt, &g.Version)
 	if err != nil {
@@ -40,6 +40,7 @@ func scanGrant(sc scanner) (*lapse.Grant, error) {
 	g.ConnectorState = bytesOf(g.ConnectorState)
 	g.Info = d.stringMap(info)
 	g.SealedCredentials = bytesOf(g.SealedCredentials)
+	g.SealedProbe = bytesOf(g.SealedProbe)
 	g.LeaseUntil = timeOf(leaseUntil)
 	g.CreatedAt = timeOf(createdAt)
 	g.ActivatedAt = timeOf(activatedAt)
@@ -360,7 +361,7 @@ func (t *tx) InsertGrant(ctx context.Context, g *lapse.Grant) error {
 	}
 	res, err := t.exec(ctx, qInsertGrant, g.ID, g.RequestID, p[0], p[1], p[2], p[3], p[4], p[5],
 		g.Entitlement, g.Target, g.TaskID, string(g.State), string(g.EndReason),
-		startsAt, expiresAt, dueAt, blob(g.ConnectorState), info, blob(g.SealedCredentials), g.CredentialsClaimed,
+		startsAt, expiresAt, dueAt, blob(g.ConnectorState), info, blob(g.SealedCredentials), blob(g.SealedProbe), g.CredentialsClaimed,
 		g.Attempts, g.LastError, g.LeaseOwner, leaseUntil, g.Fence,
 		createdAt, activatedAt, revokeStartedAt, revokedAt, int64(1))
 	if err != nil {
@@ -397,7 +398,7 @@ func (t *tx) UpdateGrant(ctx context.Context, g *lapse.Grant) error {
 		return e.err
 	}
 	res, err := t.exec(ctx, qUpdateGrant, string(g.State), string(g.EndReason), startsAt, expiresAt, dueAt,
-		blob(g.ConnectorState), info, blob(g.SealedCredentials), g.CredentialsClaimed, g.Attempts,
+		blob(g.ConnectorState), info, blob(g.SealedCredentials), blob(g.SealedProbe), g.CredentialsClaimed, g.Attempts,
 		g.LastError, g.LeaseOwner, leaseUntil, g.Fence, activatedAt, revokeStartedAt, revokedAt,
 		g.ID, g.Version)
 	if err != nil {

@@ -59,7 +59,7 @@ const (
 		"approver_credential_id, decision, comment, request_hash, channel, created_at"
 	grantCols = "id, request_id, principal_id, principal_kind, principal_name, principal_groups, " +
 		"principal_scopes, principal_credential_id, entitlement, target, task_id, state, end_reason, " +
-		"starts_at, expires_at, due_at, connector_state, info, sealed_credentials, credentials_claimed, " +
+		"starts_at, expires_at, due_at, connector_state, info, sealed_credentials, sealed_probe, credentials_claimed, " +
 		"attempts, last_error, lease_owner, lease_until, fence, created_at, activated_at, " +
 		"revoke_started_at, revoked_at, version"
 	checkpointCols = "grant_id, name, kind, created_at, revoked_at, verified_at, evidence, residue"
@@ -97,9 +97,9 @@ var queryText = [numQueries]string{
 	qGetGrantForUpdate: "SELECT " + grantCols + " FROM grants WHERE id = ?{FOR UPDATE}",
 	qGrantExists:       "SELECT 1 FROM grants WHERE id = ?",
 	qInsertGrant: "INSERT INTO grants (" + grantCols + ") VALUES " +
-		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 	qUpdateGrant: "UPDATE grants SET state = ?, end_reason = ?, starts_at = ?, expires_at = ?, due_at = ?, " +
-		"connector_state = ?, info = ?, sealed_credentials = ?, credentials_claimed = ?, attempts = ?, " +
+		"connector_state = ?, info = ?, sealed_credentials = ?, sealed_probe = ?, credentials_claimed = ?, attempts = ?, " +
 		"last_error = ?, lease_owner = ?, lease_until = ?, fence = ?, activated_at = ?, " +
 		"revoke_started_at = ?, revoked_at = ?, version = version + 1 WHERE id = ? AND version = ?",
 	qCheckpointsOf:     "SELECT " + checkpointCols + " FROM checkpoints WHERE grant_id = ? ORDER BY created_at, name",

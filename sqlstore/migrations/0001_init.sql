@@ -71,6 +71,7 @@ CREATE TABLE grants (
 	connector_state         {BYTES},
 	info                    TEXT,
 	sealed_credentials      {BYTES},
+	sealed_probe            {BYTES},
 	credentials_claimed     BOOLEAN NOT NULL,
 	attempts                INTEGER NOT NULL,
 	last_error              TEXT NOT NULL,

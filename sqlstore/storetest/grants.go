@@ -45,6 +45,7 @@ func fullGrant(at time.Time) *lapse.Grant {
 		ConnectorState:     []byte(`{"role":"lapse_gr_x"}`),
 		Info:               map[string]string{"user": "lapse_gr_x", "host": "db.internal"},
 		SealedCredentials:  []byte{0, 1, 2, 0xff, 0xfe, 0},
+		SealedProbe:        []byte{0xfe, 0, 3},
 		CredentialsClaimed: true,
 		Attempts:           3,
 		LastError:          "connection refused",
@@ -154,17 +155,18 @@ func testGrantZeroAndNil(t *testing.T, s lapse.Store) {
 	g := dueGrant(t0, t0, "t")
 	g.ConnectorState = []byte{}
 	g.SealedCredentials = []byte{}
+	g.SealedProbe = []byte{}
 	g.Checkpoints = []*lapse.Checkpoint{{GrantID: g.ID, Name: "a", Evidence: json.RawMessage{}}}
 	insertGrants(t, s, g)
 	got := getGrant(t, s, g.ID)
-	if got.ConnectorState != nil || got.SealedCredentials != nil || got.Checkpoints[0].Evidence != nil {
-		t.Fatalf("empty bytes came back as %q %q %q", got.ConnectorState, got.SealedCredentials, got.Checkpoints[0].Evidence)
+	if got.ConnectorState != nil || got.SealedCredentials != nil || got.SealedProbe != nil || got.Checkpoints[0].Evidence != nil {
+		t.Fatalf("empty bytes came back as %q %q %q %q", got.ConnectorState, got.SealedCredentials, got.SealedProbe, got.Checkpoints[0].Evidence)
 	}
 
 	// Clearing fields with an update clears them in the store.
 	full := fullGrant(t0.Add(time.Second))
 	insertGrants(t, s, full)
-	full.Info, full.ConnectorState, full.SealedCredentials = nil, nil, nil
+	full.Info, full.ConnectorState, full.SealedCredentials, full.SealedProbe = nil, nil, nil, nil
 	full.LeaseOwner, full.LeaseUntil, full.DueAt, full.RevokedAt = "", time.Time{}, time.Time{}, time.Time{}
 	update(t, s, func(tx lapse.Tx) error { return tx.UpdateGrant(ctx, full) })
 	wantEqual(t, "grant after clearing fields", getGrant(t, s, full.ID), full)
@@ -218,6 +220,7 @@ func testGrantUpdate(t *testing.T, s lapse.Store) {
 	g.ConnectorState = []byte(`{"role":"lapse_gr_y"}`)
 	g.Info = map[string]string{"user": "y"}
 	g.SealedCredentials = nil
+	g.SealedProbe = []byte("probe")
 	g.CredentialsClaimed = false
 	g.Attempts = 4
 	g.LastError = ""
