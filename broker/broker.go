@@ -15,7 +15,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -115,9 +117,11 @@ type Broker struct {
 	log     *slog.Logger
 	catalog atomic.Pointer[catalog]
 	targets map[string]*target
-	sealer  *sealer
-	cfg     EngineConfig
-	metrics *metrics
+	// targetList is targets in name order: the order the engine claims in.
+	targetList []*target
+	sealer     *sealer
+	cfg        EngineConfig
+	metrics    *metrics
 
 	// wake nudges the engine loop (a grant became due now).
 	wake chan struct{}
@@ -170,6 +174,9 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: target %s has no connector", name)
 		}
 		b.targets[name] = newTarget(name, t, b.cfg)
+	}
+	for _, name := range slices.Sorted(maps.Keys(b.targets)) {
+		b.targetList = append(b.targetList, b.targets[name])
 	}
 	if err := b.SetCatalog(cfg.Catalog); err != nil {
 		return nil, err

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,10 +21,11 @@ import (
 // replica taking over loses nothing — an unfinished claim simply lapses and
 // the grant is claimed again. The pipeline for one batch:
 //
-//	claim (one statement) → plan: write intent for the whole batch (one
-//	transaction) → per-target workers call the connector, bounded by the
-//	target's concurrency → one committer writes results in batches (group
-//	commit) → grants that need another step are dispatched again.
+//	claim and write intent for the whole batch (one transaction; the claim
+//	statement itself moves expired grants to revoking) → per-target workers
+//	call the connector, bounded by the target's concurrency → one committer
+//	writes results in batches (group commit) → grants that need another
+//	step are dispatched again.
 //
 // Every write is compare-and-swap on the grant's version; the claim bumped
 // the version and the fence, so a process whose lease was taken over cannot
@@ -97,6 +97,7 @@ type engine struct {
 	active    int // users of the committer (Run, Tick)
 	done      chan struct{}
 	lastSweep time.Time
+	lastCount time.Time
 }
 
 // result is the outcome of one connector step on one claimed grant, to be
@@ -206,104 +207,131 @@ func (b *Broker) Tick(ctx context.Context) error {
 
 // cycle claims due grants for every target with free capacity and
 // dispatches them. It returns how many grants it claimed.
+//
+// It claims without first counting what is due: during a wave of deadlines
+// a count per cycle would scan every due grant again and again, while a
+// claim that finds nothing costs one index probe. Grants of targets that
+// are not configured are counted only once per poll interval, for the
+// metric that makes them visible.
 func (e *engine) cycle(ctx context.Context) (int, error) {
 	b := e.b
 	now := b.clock.Now()
-	due, err := b.store.DueCounts(ctx, now)
-	if err != nil {
-		return 0, err
-	}
-	names := make([]string, 0, len(due))
-	for name := range due {
-		names = append(names, name)
-	}
-	sort.Strings(names)
+	e.countUnknownTargets(ctx, now)
 	claimed := 0
-	for _, name := range names {
-		t := b.targets[name]
-		if t == nil {
-			b.metrics.unknownTarget(name, due[name])
-			continue
-		}
-		free := t.capacity() - int(t.inflight.Load())
-		limit := min(free, b.cfg.BatchSize, due[name])
+	for _, t := range b.targetList {
+		limit := min(t.capacity()-int(t.inflight.Load()), b.cfg.BatchSize)
 		if limit <= 0 {
 			continue
 		}
-		gs, err := b.store.ClaimDueGrants(ctx, lapse.ClaimInput{Owner: b.cfg.Owner, Now: now, Lease: b.cfg.Lease, Limit: limit, Target: name})
+		n, err := e.claim(ctx, t, now, limit)
+		claimed += n
 		if err != nil {
-			return claimed, err
-		}
-		claimed += len(gs)
-		if err := e.admit(ctx, t, gs, now); err != nil {
 			return claimed, err
 		}
 	}
 	return claimed, nil
 }
 
-// admit plans each claimed grant, writes the intents of the whole batch in
-// one transaction, then dispatches the connector steps.
-func (e *engine) admit(ctx context.Context, t *target, gs []*lapse.Grant, now time.Time) error {
+// countUnknownTargets sets the gauge of due grants whose target is not
+// configured (nothing here can act on them), at most once per poll interval.
+func (e *engine) countUnknownTargets(ctx context.Context, now time.Time) {
+	b := e.b
+	if !e.lastCount.IsZero() && now.Sub(e.lastCount) < b.cfg.PollInterval && now.After(e.lastCount) {
+		return
+	}
+	e.lastCount = now
+	due, err := b.store.DueCounts(ctx, now)
+	if err != nil {
+		return
+	}
+	for name, n := range due {
+		if b.targets[name] == nil {
+			b.metrics.unknownTarget(name, n)
+		}
+	}
+}
+
+// claim leases up to limit due grants of t and records, in the same
+// transaction, what will be done with each: the claim itself moves expired
+// active grants to revoking (ClaimInput.Expire), and plan decides the rest.
+// Only after the commit are the connector steps dispatched, so the intent
+// is durable before any connector is called.
+func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int) (int, error) {
 	type planned struct {
 		g   *lapse.Grant
 		act action
-		ev  *lapse.Event
 	}
-	var writes []planned
 	var dispatch []planned
-	for _, g := range gs {
-		g2, act, ev := e.plan(g, now)
-		p := planned{g, act, ev}
-		if g2 != nil {
-			writes = append(writes, p)
-		}
-		if act != actNone {
-			dispatch = append(dispatch, p)
-		}
-	}
-	if len(writes) > 0 {
-		versions := make([]int64, len(writes))
-		for i, w := range writes {
-			versions[i] = w.g.Version
-		}
-		failed := make(map[string]bool)
-		err := e.b.store.Update(ctx, func(tx lapse.Tx) error {
-			clear(failed)
-			for i, w := range writes {
-				w.g.Version = versions[i]
-				if err := tx.UpdateGrant(ctx, w.g); err != nil {
-					if c := lapse.ErrorCode(err); c == lapse.ECONFLICT || c == lapse.ENOTFOUND {
-						failed[w.g.ID] = true // someone else moved it; leave it to them
-						continue
-					}
-					return err
-				}
-				if w.ev != nil {
-					if err := tx.AppendEvent(ctx, w.ev); err != nil {
-						return err
-					}
-				}
-			}
-			return nil
-		})
+	claimed := 0
+	err := e.b.store.Update(ctx, func(tx lapse.Tx) error {
+		dispatch = dispatch[:0]
+		gs, err := tx.ClaimDueGrants(ctx, lapse.ClaimInput{Owner: e.b.cfg.Owner, Now: now, Lease: e.b.cfg.Lease, Limit: limit, Target: t.name, Expire: true})
 		if err != nil {
-			// Nothing was written; the leases lapse and the grants are
-			// claimed again.
 			return err
 		}
-		kept := dispatch[:0]
-		for _, d := range dispatch {
-			if !failed[d.g.ID] {
-				kept = append(kept, d)
+		claimed = len(gs)
+		for _, g := range gs {
+			if expiredByClaim(g, now) {
+				ev := e.b.grantEvent(context.Background(), lapse.EventGrantRevokeStarted, g, string(g.EndReason), map[string]any{"note": "deadline reached"})
+				if err := tx.AppendEvent(ctx, ev); err != nil {
+					return err
+				}
+				dispatch = append(dispatch, planned{g, actRevoke})
+				continue
+			}
+			g2, act, ev := e.plan(g, now)
+			if g2 != nil {
+				// The claim locked the grant and returned its current
+				// version, so this write cannot lose a race.
+				if err := tx.UpdateGrant(ctx, g2); err != nil {
+					return err
+				}
+			}
+			if ev != nil {
+				if err := tx.AppendEvent(ctx, ev); err != nil {
+					return err
+				}
+			}
+			if act != actNone {
+				dispatch = append(dispatch, planned{g, act})
 			}
 		}
-		dispatch = kept
+		return nil
+	})
+	if err != nil {
+		// Nothing was written: the grants stay unclaimed and due.
+		return 0, err
 	}
 	for _, d := range dispatch {
-		e.dispatch(t, d.g, d.act, d.g.Fence, d.g.DueAt.Before(now.Add(-e.b.cfg.OverdueGrace)))
+		e.dispatch(t, d.g, d.act, d.g.Fence, overdueSince(d.g).Before(now.Add(-e.b.cfg.OverdueGrace)))
 	}
-	return nil
+	return claimed, nil
+}
+
+// overdueSince is when the work on g fell due, for pacing a backlog: the
+// start of a scheduled grant, the deadline of an expiring one, the start of
+// any other revocation. (DueAt cannot say: the claim moved it to the lease
+// end.)
+func overdueSince(g *lapse.Grant) time.Time {
+	switch {
+	case g.State == lapse.GrantScheduled || g.State == lapse.GrantProvisioning:
+		return g.StartsAt
+	case g.EndReason != lapse.EndExpired && !g.RevokeStartedAt.IsZero():
+		return g.RevokeStartedAt
+	default:
+		return g.ExpiresAt
+	}
+}
+
+// expiredByClaim reports whether the claim at now is what moved g from
+// active to revoking (ClaimInput.Expire). Only that claim leaves a grant in
+// revoking with EndReason expired, no attempt yet and RevokeStartedAt equal
+// to its own now: a grant cannot be claimed twice at one instant (the first
+// claim's lease holds until after it), and every other path that starts a
+// revocation (release, revoke, a provisioning failure, plan) records its
+// own event.
+func expiredByClaim(g *lapse.Grant, now time.Time) bool {
+	return g.State == lapse.GrantRevoking && g.EndReason == lapse.EndExpired && g.Attempts == 0 && g.RevokeStartedAt.Equal(now)
 }
 
 // plan decides what to do with a claimed grant at time now. It returns the
@@ -322,7 +350,8 @@ func (e *engine) plan(g *lapse.Grant, now time.Time) (*lapse.Grant, action, *lap
 		if g.RevokeStartedAt.IsZero() {
 			g.RevokeStartedAt = now
 		}
-		g.DueAt = now
+		// DueAt stays at the lease end the claim set: due again only if
+		// this process does not finish.
 		return g, actRevoke, ev(lapse.EventGrantRevokeStarted, string(g.EndReason), map[string]any{"note": note})
 	}
 	switch g.State {

@@ -196,61 +196,98 @@ func (s *Store) CountGrantsByState(ctx context.Context) (map[lapse.GrantState]in
 // on PostgreSQL its row locks are taken with SKIP LOCKED, so concurrent
 // claimers never wait on or share a grant; on SQLite claims are serialised
 // by the writer. The claimed grants come back with their checkpoints,
-// oldest DueAt first.
+// oldest due first (returned in deadline order).
 // Returns EINVALID if Owner, Now, Lease or Limit is missing.
 func (s *Store) ClaimDueGrants(ctx context.Context, in lapse.ClaimInput) ([]*lapse.Grant, error) {
-	switch {
-	case in.Owner == "":
-		return nil, lapse.FieldErrorf(lapse.EINVALID, "owner", "owner is required")
-	case in.Now.IsZero():
-		return nil, lapse.FieldErrorf(lapse.EINVALID, "now", "now is required")
-	case in.Lease <= 0:
-		return nil, lapse.FieldErrorf(lapse.EINVALID, "lease", "lease must be positive")
-	case in.Limit <= 0:
-		return nil, lapse.FieldErrorf(lapse.EINVALID, "limit", "limit must be positive")
-	}
-	var e enc
-	now := e.time("now", in.Now)
-	until := e.time("lease", in.Now.Add(in.Lease))
-	if e.err != nil {
-		return nil, e.err
+	now, until, err := checkClaim(in)
+	if err != nil {
+		return nil, err
 	}
 	var out []*lapse.Grant
-	err := s.Update(ctx, func(ltx lapse.Tx) error {
-		t := ltx.(*tx)
-		out = out[:0]
-		var (
-			rows *sql.Rows
-			err  error
-		)
-		if in.Target == "" {
-			rows, err = t.query(ctx, qClaim, in.Owner, until, now, now, in.Limit)
-		} else {
-			rows, err = t.query(ctx, qClaimTarget, in.Owner, until, now, now, in.Target, in.Limit)
-		}
-		if err != nil {
-			return t.fail("claim grants", err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			g, err := scanGrant(rows)
-			if err != nil {
-				return t.fail("claim grants", err)
-			}
-			out = append(out, g)
-		}
-		if err := rows.Err(); err != nil {
-			return t.fail("claim grants", err)
-		}
-		rows.Close()
-		return t.loadCheckpoints(ctx, out)
+	err = s.Update(ctx, func(ltx lapse.Tx) error {
+		var err error
+		out, err = ltx.(*tx).claim(ctx, in, now, until)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	// RETURNING follows no ORDER BY; restore the claim order.
+	return out, nil
+}
+
+// ClaimDueGrants implements lapse.Tx; see Store.ClaimDueGrants.
+func (t *tx) ClaimDueGrants(ctx context.Context, in lapse.ClaimInput) ([]*lapse.Grant, error) {
+	now, until, err := checkClaim(in)
+	if err != nil {
+		return nil, err
+	}
+	return t.claim(ctx, in, now, until)
+}
+
+// checkClaim validates a claim and encodes its now and lease end.
+// Returns EINVALID if Owner, Now, Lease or Limit is missing.
+func checkClaim(in lapse.ClaimInput) (now, until any, err error) {
+	switch {
+	case in.Owner == "":
+		return nil, nil, lapse.FieldErrorf(lapse.EINVALID, "owner", "owner is required")
+	case in.Now.IsZero():
+		return nil, nil, lapse.FieldErrorf(lapse.EINVALID, "now", "now is required")
+	case in.Lease <= 0:
+		return nil, nil, lapse.FieldErrorf(lapse.EINVALID, "lease", "lease must be positive")
+	case in.Limit <= 0:
+		return nil, nil, lapse.FieldErrorf(lapse.EINVALID, "limit", "limit must be positive")
+	}
+	var e enc
+	now = e.time("now", in.Now)
+	until = e.time("lease", in.Now.Add(in.Lease))
+	return now, until, e.err
+}
+
+func (t *tx) claim(ctx context.Context, in lapse.ClaimInput, now, until any) ([]*lapse.Grant, error) {
+	args := []any{in.Owner, until, until}
+	if in.Expire {
+		args = append(args, now, now, now, now)
+	}
+	args = append(args, now, now)
+	var q qid
+	switch {
+	case in.Expire && in.Target != "":
+		q = qClaimTargetExpire
+	case in.Expire:
+		q = qClaimExpire
+	case in.Target != "":
+		q = qClaimTarget
+	default:
+		q = qClaim
+	}
+	if in.Target != "" {
+		args = append(args, in.Target)
+	}
+	args = append(args, in.Limit)
+	rows, err := t.query(ctx, q, args...)
+	if err != nil {
+		return nil, t.fail("claim grants", err)
+	}
+	defer rows.Close()
+	var out []*lapse.Grant
+	for rows.Next() {
+		g, err := scanGrant(rows)
+		if err != nil {
+			return nil, t.fail("claim grants", err)
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, t.fail("claim grants", err)
+	}
+	rows.Close()
+	if err := t.loadCheckpoints(ctx, out); err != nil {
+		return nil, err
+	}
+	// RETURNING follows no ORDER BY, and the claim moved every DueAt to
+	// the lease end; return the grants in deadline order.
 	slices.SortFunc(out, func(a, b *lapse.Grant) int {
-		if c := a.DueAt.Compare(b.DueAt); c != 0 {
+		if c := a.ExpiresAt.Compare(b.ExpiresAt); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.ID, b.ID)

@@ -25,6 +25,8 @@ const (
 	qCheckpointsOfMany
 	qClaim
 	qClaimTarget
+	qClaimExpire
+	qClaimTargetExpire
 	qNextDueAt
 	qDueCounts
 	qCountByState
@@ -76,9 +78,22 @@ const (
 
 // claimSet is what a claim writes: the new lease, a new fencing token and a
 // new version, so that whoever held the grant before can no longer write it.
-const claimSet = "UPDATE grants SET lease_owner = ?, lease_until = ?, fence = fence + 1, version = version + 1 " +
-	"WHERE id IN (SELECT id FROM grants WHERE state <> 'revoked' AND due_at <= ? " +
-	"AND (lease_until IS NULL OR lease_until <= ?) "
+// The grant is next due when the lease ends: a claimed grant leaves the
+// front of the due index, so the next claim does not pass over every grant
+// still in flight (which made a wave of claims quadratic), and if its
+// claimer dies it is due again exactly when it may be claimed again.
+const (
+	claimSet   = "UPDATE grants SET lease_owner = ?, lease_until = ?, due_at = ?, fence = fence + 1, version = version + 1 "
+	claimWhere = "WHERE id IN (SELECT id FROM grants WHERE state <> 'revoked' AND due_at <= ? " +
+		"AND (lease_until IS NULL OR lease_until <= ?) "
+	// claimExpire is ClaimInput.Expire. Every expression on the right of
+	// SET reads the row as it was before the update, so each CASE tests
+	// the old state; its four parameters are all Now.
+	claimExpire = ", state = CASE WHEN state = 'active' AND expires_at <= ? THEN 'revoking' ELSE state END, " +
+		"end_reason = CASE WHEN state = 'active' AND expires_at <= ? AND end_reason = '' THEN 'expired' ELSE end_reason END, " +
+		"revoke_started_at = CASE WHEN state = 'active' AND expires_at <= ? AND revoke_started_at IS NULL THEN ? " +
+		"ELSE revoke_started_at END "
+)
 
 var queryText = [numQueries]string{
 	qGetRequest:          "SELECT " + requestCols + " FROM requests WHERE id = ?",
@@ -104,8 +119,10 @@ var queryText = [numQueries]string{
 		"revoke_started_at = ?, revoked_at = ?, version = version + 1 WHERE id = ? AND version = ?",
 	qCheckpointsOf:     "SELECT " + checkpointCols + " FROM checkpoints WHERE grant_id = ? ORDER BY created_at, name",
 	qCheckpointsOfMany: "SELECT " + checkpointCols + " FROM checkpoints WHERE grant_id {IN IDS} ORDER BY grant_id, created_at, name",
-	qClaim:             claimSet + "ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
-	qClaimTarget:       claimSet + "AND target = ? ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
+	qClaim:             claimSet + claimWhere + "ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
+	qClaimTarget:       claimSet + claimWhere + "AND target = ? ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
+	qClaimExpire:       claimSet + claimExpire + claimWhere + "ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
+	qClaimTargetExpire: claimSet + claimExpire + claimWhere + "AND target = ? ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
 	qNextDueAt:         "SELECT MIN(due_at) FROM grants WHERE state <> 'revoked' AND due_at IS NOT NULL",
 	qDueCounts:         "SELECT target, COUNT(*) FROM grants WHERE state <> 'revoked' AND due_at <= ? GROUP BY target",
 	qCountByState:      "SELECT state, COUNT(*) FROM grants GROUP BY state",

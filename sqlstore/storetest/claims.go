@@ -2,6 +2,8 @@ package storetest
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -13,6 +15,8 @@ var claimTests = []test{
 	{"LeaseExpiry", testClaimLeaseExpiry},
 	{"TargetAndLimit", testClaimTargetAndLimit},
 	{"Invalid", testClaimInvalid},
+	{"Expire", testClaimExpire},
+	{"InTransaction", testClaimInTransaction},
 }
 
 func claim(t testing.TB, s lapse.Store, in lapse.ClaimInput) []*lapse.Grant {
@@ -48,6 +52,7 @@ func testClaimBasic(t *testing.T, s lapse.Store) {
 	for _, want := range []*lapse.Grant{late, exact} {
 		want.LeaseOwner = "me"
 		want.LeaseUntil = now.Add(time.Minute)
+		want.DueAt = want.LeaseUntil
 		want.Fence++
 		want.Version++
 	}
@@ -117,8 +122,8 @@ func testClaimTargetAndLimit(t *testing.T, s lapse.Store) {
 		t.Fatalf("claimed %d, want the other 26", len(rest))
 	}
 	for i := 1; i < len(rest); i++ {
-		if rest[i].DueAt.Before(rest[i-1].DueAt) {
-			t.Fatal("claim is not in due order")
+		if rest[i].ExpiresAt.Before(rest[i-1].ExpiresAt) {
+			t.Fatal("claim is not in deadline order")
 		}
 	}
 	if got := claim(t, s, lapse.ClaimInput{Owner: "o", Now: t0, Lease: time.Minute, Limit: 100, Target: "nowhere"}); len(got) != 0 {
@@ -144,4 +149,87 @@ func testClaimInvalid(t *testing.T, s lapse.Store) {
 			t.Fatalf("field = %q, want %q", f, tc.field)
 		}
 	}
+}
+
+// With Expire, the claim itself moves expired active grants to revoking and
+// leaves every other grant's state alone.
+func testClaimExpire(t *testing.T, s lapse.Store) {
+	now := t0.Add(time.Hour)
+	expired := dueGrant(t0, now.Add(-time.Minute), "a")
+	exact := dueGrant(t0, now, "a") // ExpiresAt == now: expired
+	released := dueGrant(t0, now.Add(-2*time.Minute), "a")
+	released.State, released.EndReason, released.RevokeStartedAt = lapse.GrantRevoking, lapse.EndReleased, t0.Add(time.Minute)
+	reasoned := dueGrant(t0, now.Add(-3*time.Minute), "a")
+	reasoned.EndReason = lapse.EndRevoked // an active grant that already carries a reason keeps it
+	scheduled := dueGrant(t0, now.Add(-4*time.Minute), "a")
+	scheduled.State, scheduled.ExpiresAt = lapse.GrantScheduled, now.Add(time.Hour)
+	early := dueGrant(t0, now.Add(-5*time.Minute), "a") // due (to move its DueAt) but not expired
+	early.ExpiresAt = now.Add(time.Second)
+	insertGrants(t, s, expired, exact, released, reasoned, scheduled, early)
+
+	got := claim(t, s, lapse.ClaimInput{Owner: "me", Now: now, Lease: time.Minute, Limit: 10, Expire: true})
+	if len(got) != 6 {
+		t.Fatalf("claimed %d grants, want 6", len(got))
+	}
+	for _, g := range []*lapse.Grant{expired, exact, released, reasoned, scheduled, early} {
+		g.LeaseOwner, g.LeaseUntil, g.DueAt = "me", now.Add(time.Minute), now.Add(time.Minute)
+		g.Fence++
+		g.Version++
+	}
+	for _, g := range []*lapse.Grant{expired, exact} {
+		g.State, g.EndReason, g.RevokeStartedAt = lapse.GrantRevoking, lapse.EndExpired, now
+	}
+	reasoned.State, reasoned.RevokeStartedAt = lapse.GrantRevoking, now
+	for _, want := range []*lapse.Grant{expired, exact, released, reasoned, scheduled, early} {
+		wantEqual(t, "grant after an expiring claim", withoutCheckpoints(getGrant(t, s, want.ID)), withoutCheckpoints(want))
+	}
+	byID := make(map[string]*lapse.Grant)
+	for _, g := range got {
+		byID[g.ID] = g
+	}
+	wantEqual(t, "claimed copy of an expired grant", withoutCheckpoints(byID[expired.ID]), withoutCheckpoints(expired))
+}
+
+// A claim inside a transaction commits or rolls back with what the
+// claimer wrote beside it.
+func testClaimInTransaction(t *testing.T, s lapse.Store) {
+	ctx := context.Background()
+	now := t0
+	g := dueGrant(t0, now, "a")
+	insertGrants(t, s, g)
+	boom := lapse.Errorf(lapse.EUNAVAILABLE, "boom")
+	err := s.Update(ctx, func(tx lapse.Tx) error {
+		gs, err := tx.ClaimDueGrants(ctx, lapse.ClaimInput{Owner: "me", Now: now, Lease: time.Minute, Limit: 1, Expire: true})
+		if err != nil {
+			return err
+		}
+		if len(gs) != 1 {
+			t.Errorf("claimed %d grants in a transaction, want 1", len(gs))
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Update = %v, want the function's error", err)
+	}
+	wantEqual(t, "grant after a rolled-back claim", getGrant(t, s, g.ID), g)
+
+	var claimed *lapse.Grant
+	update(t, s, func(tx lapse.Tx) error {
+		gs, err := tx.ClaimDueGrants(ctx, lapse.ClaimInput{Owner: "me", Now: now, Lease: time.Minute, Limit: 1, Expire: true})
+		if err != nil || len(gs) != 1 {
+			return fmt.Errorf("claim: %v, %d grants", err, len(gs))
+		}
+		claimed = gs[0]
+		if claimed.State != lapse.GrantRevoking {
+			return fmt.Errorf("claimed state %s, want revoking", claimed.State)
+		}
+		// The claimed copy is current inside the transaction.
+		claimed.LastError = "written beside the claim"
+		return tx.UpdateGrant(ctx, claimed)
+	})
+	wantEqual(t, "grant after a committed claim", withoutCheckpoints(getGrant(t, s, g.ID)), withoutCheckpoints(claimed))
+	wantCode(t, s.Update(ctx, func(tx lapse.Tx) error {
+		_, err := tx.ClaimDueGrants(ctx, lapse.ClaimInput{Owner: "", Now: now, Lease: time.Minute, Limit: 1})
+		return err
+	}), lapse.EINVALID)
 }
