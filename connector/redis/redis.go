@@ -417,7 +417,11 @@ func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*conne
 			resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: ACL user %s already absent, closed %d connections", n.name, user, results[i].killed))
 		}
 	}
-	for _, name := range c.missingNodes(req.State) {
+	missing, ok := c.missingNodes(req.GrantID, req.State)
+	if !ok {
+		resp.Actions = append(resp.Actions, stateIgnored)
+	}
+	for _, name := range missing {
 		resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: held the grant but is no longer configured; cannot revoke there", name))
 	}
 	if err := firstError(errs); err != nil {
@@ -427,24 +431,35 @@ func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*conne
 	return resp, nil
 }
 
+// stateIgnored is the note Revoke and Verify record when a grant's state
+// is not the grant's own.
+const stateIgnored = "state ignored: it does not belong to this grant"
+
 // missingNodes returns the nodes named in a grant's state that are not
-// configured any more. A hostile or corrupt state cannot name anything
-// but a node-name-shaped string here: it is only reported, never dialled.
-func (c *Conn) missingNodes(raw json.RawMessage) []string {
-	if len(raw) == 0 {
-		return nil
+// configured any more. State comes from the broker's store and is not
+// trusted: it is used only if its user is this grant's (the prefix, which
+// may have been reconfigured since, followed by the grant ID), and a
+// hostile or corrupt state cannot name anything but a node-name-shaped
+// string here: it is only reported, never dialled. ok is false when a
+// state was given but ignored.
+func (c *Conn) missingNodes(grantID string, raw json.RawMessage) (missing []string, ok bool) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, true
 	}
 	var st state
 	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil
+		return nil, false
 	}
-	var missing []string
+	prefix, found := strings.CutSuffix(st.User, grantID)
+	if !found || !safeName(prefix, MaxPrefixLength) || !isLower(prefix[0]) {
+		return nil, false
+	}
 	for _, name := range st.Nodes {
 		if _, ok := c.byName[name]; !ok && safeName(name, maxNodeNameLength) {
 			missing = append(missing, name)
 		}
 	}
-	return missing
+	return missing, true
 }
 
 // Verify checks every configured node, read-only: ACL GETUSER must return
@@ -468,11 +483,15 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 	if err := firstError(errs); err != nil {
 		return nil, err
 	}
+	missing, ok := c.missingNodes(req.GrantID, req.State)
 	resp := &connector.VerifyResponse{}
 	for _, r := range results {
+		if !ok {
+			r[0].Evidence["state"] = stateIgnored
+		}
 		resp.Checkpoints = append(resp.Checkpoints, r[0], r[1])
 	}
-	for _, name := range c.missingNodes(req.State) {
+	for _, name := range missing {
 		for _, kind := range []lapse.CheckpointKind{lapse.CheckpointTarget, lapse.CheckpointSessions} {
 			suffix := "/acl"
 			if kind == lapse.CheckpointSessions {

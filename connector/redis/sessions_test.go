@@ -2,9 +2,11 @@ package redis_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -427,6 +429,62 @@ func TestVerifyReportsUnconfiguredNode(t *testing.T) {
 	}
 	if cp := checkpoint(t, v, "replica-2/acl"); cp.Gone || len(cp.Residue) == 0 {
 		t.Errorf("replica-2/acl: %+v", cp)
+	}
+}
+
+// TestStateOfAnotherGrantIsIgnored: State comes back from the store and is
+// not trusted. A state whose user is not this grant's (another grant's, or
+// a hand-made one) does not belong to the grant: the nodes it names are
+// not reported, and Revoke and Verify say that the state was ignored. The
+// grant's own state, also under a prefix that was changed since, is used.
+func TestStateOfAnotherGrantIsIgnored(t *testing.T) {
+	nodes := sharedNodes(t)
+	c := openConn(t, nodes)
+	ctx := context.Background()
+	id := grantID()
+	g := grantFor(t, c, id, testSpec())
+	other, err := c.UserName(grantID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateOf := func(user string) json.RawMessage {
+		raw, err := json.Marshal(map[string]any{"user": user, "nodes": []string{nodes[0].name, "retired"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	for _, tc := range []struct {
+		name, user string
+		belongs    bool
+	}{
+		{"another grant's user", other, false},
+		{"the default user", "default", false},
+		{"the grant ID alone", id, false},
+		{"the grant's user", g.Info["username"], true},
+		{"the grant's user under an earlier prefix", "old_" + id, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := stateOf(tc.user)
+			r, err := c.Revoke(ctx, &connector.RevokeRequest{GrantID: id, State: st})
+			if err != nil {
+				t.Fatalf("Revoke: %v", err)
+			}
+			ignored := slices.Contains(r.Actions, "state ignored: it does not belong to this grant")
+			reported := slices.ContainsFunc(r.Actions, func(a string) bool { return strings.HasPrefix(a, "node retired:") })
+			if ignored == tc.belongs || reported != tc.belongs {
+				t.Errorf("Revoke actions %q: state ignored %v, retired node reported %v; want the state used: %v", r.Actions, ignored, reported, tc.belongs)
+			}
+			v, err := c.Verify(ctx, &connector.VerifyRequest{GrantID: id, State: st, Probe: g.Probe})
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			retired := slices.ContainsFunc(v.Checkpoints, func(cp connector.CheckpointResult) bool { return strings.HasPrefix(cp.Name, "retired/") })
+			note := checkpoint(t, v, nodes[0].name+"/acl").Evidence["state"]
+			if retired != tc.belongs || v.Gone() == tc.belongs || (note != nil) == tc.belongs {
+				t.Errorf("Verify: retired node checked %v, gone %v, state note %v; want the state used: %v", retired, v.Gone(), note, tc.belongs)
+			}
+		})
 	}
 }
 
