@@ -58,7 +58,7 @@ const startupTimeout = 2 * time.Minute
 // startLapse runs the command line in-process and waits until the server
 // listens. The server is stopped at the end of the test unless stop was
 // called before.
-func startLapse(t *testing.T, args ...string) *running {
+func startLapse(t testing.TB, args ...string) *running {
 	t.Helper()
 	r := &running{m: NewMain(), stdout: &lockedBuffer{}, stderr: &lockedBuffer{}}
 	r.m.Stdin = strings.NewReader("")
@@ -88,7 +88,7 @@ func startLapse(t *testing.T, args ...string) *running {
 }
 
 // runLapse runs a command line that is expected to end by itself.
-func runLapse(t *testing.T, args ...string) (stdout, stderr string, err error) {
+func runLapse(t testing.TB, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	m := NewMain()
 	var out, errb lockedBuffer

@@ -51,7 +51,7 @@ entitlements:
 
 // writeServerConfig writes a configuration and a sealing key into a new
 // directory and returns the configuration's path.
-func writeServerConfig(t *testing.T, src string) string {
+func writeServerConfig(t testing.TB, src string) string {
 	t.Helper()
 	dir := t.TempDir()
 	key := make([]byte, 32)
