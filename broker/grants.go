@@ -165,7 +165,11 @@ func (b *Broker) end(ctx context.Context, p *lapse.Principal, id string, reason 
 		if err := tx.UpdateGrant(ctx, g); err != nil {
 			return err
 		}
-		return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantRevokeStarted, g, string(reason), map[string]any{"reason": note}))
+		var data map[string]any
+		if note != "" {
+			data = map[string]any{"reason": note}
+		}
+		return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantRevokeStarted, g, string(reason), data))
 	})
 	if err != nil {
 		return nil, storeErr("end grant", err)

@@ -199,7 +199,8 @@ func New(env connector.Env, cfg Config) (*Conn, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	c.log = c.log.With("target", env.Name)
+	// env.Logger already names the target (lapse server adds it for every
+	// connector); adding it here would print it twice.
 	var err error
 	if cfg.SigningKeyFile != "" {
 		c.key, err = loadKey(cfg.SigningKeyFile, c.log)
