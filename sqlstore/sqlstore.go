@@ -55,9 +55,19 @@ const (
 // small pool. PostgreSQL connections are bounded so that several replicas and
 // their tools stay well below the server's max_connections.
 const (
-	sqliteReaders   = 4
-	postgresMaxOpen = 10
-	postgresMaxIdle = 4
+	sqliteReaders = 4
+	// sqliteCheckpointEvery is how often a background connection copies
+	// the write-ahead log into the database file (a PASSIVE checkpoint,
+	// which never blocks the writer or readers). Left to the writer, the
+	// checkpoint runs inside whichever commit crosses the threshold and
+	// costs that commit — and everything queued behind the single writer —
+	// a copy of megabytes and an fsync.
+	sqliteCheckpointEvery = 100 * time.Millisecond
+	// sqliteAutoCheckpoint is the writer's own threshold, in pages: a
+	// safety net should the background checkpoints fall behind.
+	sqliteAutoCheckpoint = 16384
+	postgresMaxOpen      = 10
+	postgresMaxIdle      = 4
 )
 
 // Retry policy for Update on serialisation failures, deadlocks and SQLite
@@ -96,6 +106,11 @@ type Store struct {
 	dyn   map[string]string // rendered dynamic (filtered list) queries
 
 	closed atomic.Bool
+
+	// On SQLite, the background checkpointer: its connection, and a channel
+	// closed to stop it (ckptDone is closed when it has).
+	ckpt               *sql.DB
+	ckptStop, ckptDone chan struct{}
 }
 
 var _ lapse.Store = (*Store)(nil)
@@ -168,7 +183,36 @@ func (s *Store) openSQLite(ctx context.Context, dsn string) error {
 	if err := s.r.PingContext(ctx); err != nil {
 		return s.classify("sqlite: open readers", err)
 	}
+	if s.ckpt, err = sql.Open("sqlite", wdsn); err != nil {
+		return lapse.Internal("sqlite: open checkpointer", err)
+	}
+	s.ckpt.SetMaxOpenConns(1)
+	s.ckpt.SetMaxIdleConns(1)
+	s.ckpt.SetConnMaxIdleTime(0)
+	if err := s.ckpt.PingContext(ctx); err != nil {
+		return s.classify("sqlite: open checkpointer", err)
+	}
+	s.ckptStop, s.ckptDone = make(chan struct{}), make(chan struct{})
+	go s.checkpointLoop()
 	return s.prepare(ctx)
+}
+
+// checkpointLoop runs PASSIVE checkpoints until the store closes. A
+// checkpoint that fails (the database is busy with another checkpoint, say)
+// is simply tried again at the next tick: the WAL stays correct, only
+// longer, and the writer's own threshold bounds it.
+func (s *Store) checkpointLoop() {
+	defer close(s.ckptDone)
+	t := time.NewTicker(sqliteCheckpointEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ckptStop:
+			return
+		case <-t.C:
+			_, _ = s.ckpt.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+		}
+	}
 }
 
 // sqliteDSNs builds the writer and reader DSNs from a path or file: URI.
@@ -204,6 +248,7 @@ func sqliteDSNs(dsn string) (writer, reader string, err error) {
 		// Multi-row statements keep a statement journal; in memory it costs
 		// no system calls.
 		{"temp_store", "temp_store(MEMORY)"},
+		{"wal_autocheckpoint", fmt.Sprintf("wal_autocheckpoint(%d)", sqliteAutoCheckpoint)},
 	} {
 		if !has(p.name) {
 			q.Add("_pragma", p.value)
@@ -332,6 +377,13 @@ func (s *Store) closeDBs() error {
 		}
 	}
 	var errs []error
+	if s.ckptStop != nil {
+		close(s.ckptStop)
+		<-s.ckptDone
+	}
+	if s.ckpt != nil {
+		errs = append(errs, s.ckpt.Close())
+	}
 	if s.r != nil && s.r != s.w {
 		errs = append(errs, s.r.Close())
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -366,4 +367,42 @@ func proxiedDSN(t *testing.T, dsn string) (func(addr string) string, string) {
 		}
 		return u.String()
 	}, upstream
+}
+
+// The write-ahead log is copied into the database file in the background,
+// not only when a commit crosses the writer's threshold (which this test's
+// few hundred pages do not reach).
+func TestSQLiteCheckpointsInTheBackground(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "lapse.db")
+	s, err := sqlstore.Open(ctx, sqlstore.DriverSQLite, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	before := size()
+	data := []byte(`{"note":"` + strings.Repeat("x", 2000) + `"}`)
+	if err := s.Update(ctx, func(tx lapse.Tx) error {
+		for range 500 {
+			if err := tx.AppendEvent(ctx, &lapse.Event{Type: lapse.EventGrantCreated, Data: data}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); size() < before+500*2000; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the database file is still %d bytes (was %d): the log was never checkpointed", size(), before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
