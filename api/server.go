@@ -68,6 +68,8 @@ type Server struct {
 	Ready func(context.Context) error
 	// Logger receives one line per request; nil discards.
 	Logger *slog.Logger
+	// Audit serves checkpoints, proofs and receipts; nil answers 503.
+	Audit AuditLog
 }
 
 // Header names of the wire contract.
@@ -128,6 +130,10 @@ var routes = []route{
 	{"POST", "/v1/apikeys", authed, (*Server).createAPIKey},
 	{"GET", "/v1/apikeys", authed, (*Server).listAPIKeys},
 	{"DELETE", "/v1/apikeys/{prefix}", authed, (*Server).revokeAPIKey},
+	{"GET", "/v1/grants/{id}/receipt", authed, (*Server).grantReceipt},
+	{"GET", "/v1/audit/checkpoint", authed, (*Server).auditCheckpoint},
+	{"GET", "/v1/audit/proof/inclusion", authed, (*Server).inclusionProof},
+	{"GET", "/v1/audit/proof/consistency", authed, (*Server).consistencyProof},
 
 	{"GET", "/v1/targets/{name}/jwks.json", public, (*Server).jwks},
 	{"POST", "/v1/targets/{name}/introspect", introspect, (*Server).introspect},

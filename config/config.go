@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -40,6 +41,10 @@ const (
 	DefaultLogFormat      = "json"
 	DefaultStoreDriver    = "sqlite"
 	DefaultPendingTimeout = 24 * time.Hour
+	// DefaultAuditKeyFile and DefaultCheckpointDir are the audit log's key
+	// and checkpoint directory under data_dir when audit does not say.
+	DefaultAuditKeyFile  = "audit.key"
+	DefaultCheckpointDir = "checkpoints"
 	// SQLiteFile is the database file name under data_dir when the SQLite
 	// store has no dsn.
 	SQLiteFile = "lapse.db"
@@ -72,6 +77,7 @@ type Config struct {
 	Store      Store
 	SealingKey lapse.SecretRef
 	Engine     Engine
+	Audit      Audit
 	// Targets are the configured connector instances, by name.
 	Targets map[string]*Target
 	// Entitlements is the catalog, in file order.
@@ -108,6 +114,22 @@ type Engine struct {
 	OverdueGrace time.Duration
 }
 
+// Audit configures the tamper-evident audit log (docs/audit.md). Paths
+// are absolute; the defaults are in the data directory.
+type Audit struct {
+	// SigningKeyFile holds the log's Ed25519 key in note format; it is
+	// generated on first start when missing. Replicas must share it.
+	SigningKeyFile string
+	// CheckpointDir receives every signed checkpoint. Put it somewhere the
+	// database's owner cannot rewrite.
+	CheckpointDir string
+	// CheckpointURL, when set, receives every checkpoint by HTTP POST.
+	CheckpointURL string
+	// Interval is how often new events are integrated and signed; 0 means
+	// the log's default (1s).
+	Interval time.Duration
+}
+
 // Target is one connector instance.
 type Target struct {
 	Name string
@@ -138,6 +160,7 @@ type rawConfig struct {
 	Store        rawStore             `yaml:"store"`
 	SealingKey   lapse.SecretRef      `yaml:"sealing_key"`
 	Engine       rawEngine            `yaml:"engine"`
+	Audit        rawAudit             `yaml:"audit"`
 	Targets      map[string]rawTarget `yaml:"targets"`
 	Entitlements []rawEntitlement     `yaml:"entitlements"`
 }
@@ -160,6 +183,13 @@ type rawEngine struct {
 	RetryMax     lapse.Duration `yaml:"retry_max"`
 	OverdueRate  float64        `yaml:"overdue_rate"`
 	OverdueGrace lapse.Duration `yaml:"overdue_grace"`
+}
+
+type rawAudit struct {
+	SigningKeyFile string         `yaml:"signing_key_file"`
+	CheckpointDir  string         `yaml:"checkpoint_dir"`
+	CheckpointURL  string         `yaml:"checkpoint_url"`
+	Interval       lapse.Duration `yaml:"interval"`
 }
 
 type rawTarget struct {
@@ -395,6 +425,27 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 	c.SealingKey.File = rel(c.SealingKey.File)
 
 	c.Engine = v.engine(&raw.Engine)
+
+	c.Audit = Audit{
+		SigningKeyFile: rel(raw.Audit.SigningKeyFile),
+		CheckpointDir:  rel(raw.Audit.CheckpointDir),
+		CheckpointURL:  raw.Audit.CheckpointURL,
+		Interval:       time.Duration(raw.Audit.Interval),
+	}
+	if c.Audit.SigningKeyFile == "" {
+		c.Audit.SigningKeyFile = filepath.Join(c.DataDir, DefaultAuditKeyFile)
+	}
+	if c.Audit.CheckpointDir == "" {
+		c.Audit.CheckpointDir = filepath.Join(c.DataDir, DefaultCheckpointDir)
+	}
+	if u := c.Audit.CheckpointURL; u != "" {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			v.errorf(path("audit", "checkpoint_url"), "not an http(s) URL")
+		}
+	}
+	if c.Audit.Interval < 0 || c.Audit.Interval > time.Hour {
+		v.errorf(path("audit", "interval"), "must be between 0 (the default, 1s) and 1h")
+	}
 
 	names := make([]string, 0, len(raw.Targets))
 	for name := range raw.Targets {

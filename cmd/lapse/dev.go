@@ -379,7 +379,13 @@ demo-api/status is granted at once:
 
   LAPSE_TOKEN_FILE=%[2]s lapse request demo-api/status
 
-`, url, q(cred("alice")), q(cred("bob")), q(cred("admin")))
+Once a grant is revoked, fetch its signed receipt and check it offline with
+the audit log's public key (docs/audit.md):
+
+  LAPSE_TOKEN_FILE=%[2]s lapse receipt GRANT_ID --out receipt.json
+  lapse receipt verify receipt.json --key %[5]s
+
+`, url, q(cred("alice")), q(cred("bob")), q(cred("admin")), q(filepath.Join(show, "audit.pub")))
 }
 
 // clientHostPort turns a listen address into one a client can dial: an

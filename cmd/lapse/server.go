@@ -20,6 +20,7 @@ import (
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/api"
+	"github.com/lapsehq/lapse/audit"
 	"github.com/lapsehq/lapse/authn"
 	"github.com/lapsehq/lapse/broker"
 	"github.com/lapsehq/lapse/config"
@@ -117,11 +118,14 @@ type Server struct {
 	Store      *sqlstore.Store
 	Broker     *broker.Broker
 	Connectors map[string]connector.Connector
+	Audit      *audit.Log
 
 	ln           net.Listener
 	http         *http.Server
 	engineCancel context.CancelFunc
 	engineDone   chan struct{}
+	auditCancel  context.CancelFunc
+	auditDone    chan struct{}
 	failed       chan error
 	closing      chan struct{}
 	closeOnce    sync.Once
@@ -242,6 +246,9 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
+	if s.Audit, err = openAuditLog(cfg, s.Store, s.Clock, s.Logger); err != nil {
+		return fmt.Errorf("open audit log: %w", err)
+	}
 	if s.Prepare != nil {
 		if err := s.Prepare(ctx, s); err != nil {
 			return err
@@ -271,6 +278,12 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}()
 
+	// The sequencer stops after the engine, so the engine's last events
+	// are signed.
+	auditCtx, auditCancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.auditCancel = auditCancel
+	s.auditDone = runAudit(auditCtx, s.Audit, s.Logger)
+
 	// Announce the server only once it is ready, so /readyz answers 200
 	// from the first connection on.
 	s.waitReady(ctx)
@@ -282,6 +295,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Gatherer: reg,
 		Ready:    s.Broker.Ready,
 		Logger:   s.Logger,
+		Audit:    s.Audit,
 	}).Handler()
 	s.http = &http.Server{
 		Handler:           handler,
@@ -378,6 +392,10 @@ func (s *Server) release() error {
 	if s.engineCancel != nil {
 		s.engineCancel()
 		waitLogged(s.Logger, s.engineDone, "waiting for the lifecycle engine to finish writing")
+	}
+	if s.auditCancel != nil {
+		s.auditCancel()
+		waitLogged(s.Logger, s.auditDone, "waiting for the audit log's last checkpoint")
 	}
 	for _, name := range slices.Backward(s.opened) {
 		if c, ok := s.Connectors[name].(connector.Closer); ok {

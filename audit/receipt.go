@@ -1,0 +1,269 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/lapsehq/lapse"
+)
+
+// ReceiptFormat is the format member of every receipt.
+const ReceiptFormat = "lapse-receipt/v1"
+
+// receiptContext is prepended to the receipt body before signing, so a
+// receipt signature can never be mistaken for a checkpoint signature made
+// with the same key (or the other way round).
+const receiptContext = "lapse-receipt/v1\n"
+
+// SignedReceipt is a receipt file: the receipt, the name of the key that
+// signed it, and the Ed25519 signature over receiptContext followed by the
+// receipt's JSON encoding. The file is exactly the JSON encoding of this
+// struct (as encoding/json writes it) and a newline; VerifyReceipt accepts
+// nothing else, so changing any byte of the file makes it fail.
+type SignedReceipt struct {
+	Receipt   Receipt `json:"receipt"`
+	KeyName   string  `json:"key_name"`
+	KeyHash   uint32  `json:"key_hash"`
+	Signature []byte  `json:"signature"`
+}
+
+// Receipt states that every system that accepted a grant's privilege was
+// checked and showed it gone, with the evidence, and proves that this
+// statement — the grant.revoked event — is an entry of the audit log.
+type Receipt struct {
+	Format   string       `json:"format"`
+	IssuedAt time.Time    `json:"issued_at"`
+	Grant    ReceiptGrant `json:"grant"`
+	// Checkpoints are the systems that accepted the privilege, each with
+	// the evidence its verification observed.
+	Checkpoints []*lapse.Checkpoint `json:"checkpoints"`
+	Timings     ReceiptTimings      `json:"timings"`
+	Log         ReceiptLog          `json:"log"`
+}
+
+// ReceiptGrant is the grant a receipt is about.
+type ReceiptGrant struct {
+	ID              string           `json:"id"`
+	RequestID       string           `json:"request_id"`
+	Principal       lapse.Principal  `json:"principal"`
+	Entitlement     string           `json:"entitlement"`
+	Target          string           `json:"target"`
+	TaskID          string           `json:"task_id,omitempty"`
+	State           lapse.GrantState `json:"state"`
+	EndReason       lapse.EndReason  `json:"end_reason"`
+	CreatedAt       time.Time        `json:"created_at"`
+	StartsAt        time.Time        `json:"starts_at"`
+	ExpiresAt       time.Time        `json:"expires_at"`
+	ActivatedAt     time.Time        `json:"activated_at,omitzero"`
+	RevokeStartedAt time.Time        `json:"revoke_started_at,omitzero"`
+	RevokedAt       time.Time        `json:"revoked_at"`
+}
+
+// ReceiptTimings says how long the privilege outlived its end.
+type ReceiptTimings struct {
+	// EndedAt is when the privilege should have stopped: the deadline, or
+	// the start of an earlier release or revocation.
+	EndedAt time.Time `json:"ended_at"`
+	// LastVerifiedAt is when the last checkpoint confirmed it gone.
+	LastVerifiedAt time.Time `json:"last_verified_at"`
+	// ResidualWindow is LastVerifiedAt - EndedAt: the longest the privilege
+	// can have been usable after it ended, on any system. Nanoseconds.
+	ResidualWindow time.Duration `json:"residual_window_ns"`
+}
+
+// ReceiptLog locates the grant.revoked event in the log.
+type ReceiptLog struct {
+	Origin string `json:"origin"`
+	// Seq is the entry; Leaf its canonical encoding (see AppendLeaf), from
+	// which the verifier computes its leaf hash.
+	Seq  int64  `json:"seq"`
+	Leaf []byte `json:"leaf"`
+	// Event is Leaf decoded, for people; the verifier checks it equals Leaf.
+	Event *lapse.Event `json:"event"`
+	// TreeSize and Inclusion are the inclusion proof of the entry in the
+	// tree that Checkpoint signs.
+	TreeSize   uint64   `json:"tree_size"`
+	Inclusion  [][]byte `json:"inclusion"`
+	Checkpoint string   `json:"checkpoint"`
+}
+
+// Receipt signs the revocation receipt of g, which must be revoked and
+// carry its checkpoints and events (as lapse.Service.GetGrant returns it).
+// If the grant.revoked entry is not yet under a signed checkpoint, Receipt
+// runs a Sync first.
+// Returns ECONFLICT if g is not revoked.
+func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
+	if g.State != lapse.GrantRevoked {
+		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s is %s: a receipt exists only once revocation is verified", g.ID, g.State)
+	}
+	var seq int64
+	for _, ev := range g.Events {
+		if ev.Type == lapse.EventGrantRevoked && ev.GrantID == g.ID {
+			seq = ev.Seq
+		}
+	}
+	if seq == 0 {
+		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s has no %s entry", g.ID, lapse.EventGrantRevoked)
+	}
+	cp, err := l.Latest(ctx)
+	if lapse.ErrorCode(err) == lapse.ENOTFOUND || err == nil && cp.Size < uint64(seq) {
+		if cp, err = l.Sync(ctx); err == nil && (cp == nil || cp.Size < uint64(seq)) {
+			err = lapse.Errorf(lapse.EUNAVAILABLE, "the audit log has not integrated entry %d yet", seq)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	evs, err := l.b.Events(ctx, seq-1, 1)
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) != 1 || evs[0].Seq != seq {
+		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: entry %d is missing", seq)
+	}
+	leaf := EncodeLeaf(evs[0])
+	stored, err := l.b.Nodes(ctx, []compact.NodeID{compact.NewNodeID(0, uint64(seq-1))})
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(stored[0], LeafHash(leaf)) {
+		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: entry %d does not match its leaf hash; run lapse audit verify", seq)
+	}
+	proof, err := inclusionProof(ctx, l.b, uint64(seq-1), cp.Size)
+	if err != nil {
+		return nil, lapse.Internal("audit: inclusion proof", err)
+	}
+	if err := VerifyInclusion(uint64(seq-1), cp.Size, stored[0], proof, cp.Root); err != nil {
+		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: the stored tree does not prove entry %d; run lapse audit verify", seq)
+	}
+	ev, err := ParseLeaf(leaf)
+	if err != nil {
+		return nil, lapse.Internal("audit: decode leaf", err)
+	}
+	rc := Receipt{
+		Format:   ReceiptFormat,
+		IssuedAt: l.clock.Now().UTC(),
+		Grant: ReceiptGrant{
+			ID: g.ID, RequestID: g.RequestID, Principal: g.Principal, Entitlement: g.Entitlement,
+			Target: g.Target, TaskID: g.TaskID, State: g.State, EndReason: g.EndReason,
+			CreatedAt: g.CreatedAt.UTC(), StartsAt: g.StartsAt.UTC(), ExpiresAt: g.ExpiresAt.UTC(),
+			ActivatedAt: g.ActivatedAt.UTC(), RevokeStartedAt: g.RevokeStartedAt.UTC(), RevokedAt: g.RevokedAt.UTC(),
+		},
+		Checkpoints: g.Checkpoints,
+		Timings:     timings(g),
+		Log: ReceiptLog{
+			Origin: l.Origin(), Seq: seq, Leaf: leaf, Event: ev,
+			TreeSize: cp.Size, Inclusion: proof, Checkpoint: string(cp.Note),
+		},
+	}
+	if rc.Checkpoints == nil {
+		rc.Checkpoints = []*lapse.Checkpoint{}
+	}
+	return signReceipt(l.signer, &rc)
+}
+
+// timings computes a grant's residual window.
+func timings(g *lapse.Grant) ReceiptTimings {
+	t := ReceiptTimings{EndedAt: g.ExpiresAt.UTC()}
+	if !g.RevokeStartedAt.IsZero() && g.RevokeStartedAt.Before(t.EndedAt) {
+		t.EndedAt = g.RevokeStartedAt.UTC()
+	}
+	for _, c := range g.Checkpoints {
+		if c != nil && c.VerifiedAt.After(t.LastVerifiedAt) {
+			t.LastVerifiedAt = c.VerifiedAt.UTC()
+		}
+	}
+	if t.LastVerifiedAt.IsZero() {
+		t.LastVerifiedAt = g.RevokedAt.UTC()
+	}
+	if d := t.LastVerifiedAt.Sub(t.EndedAt); d > 0 {
+		t.ResidualWindow = d
+	}
+	return t
+}
+
+func signReceipt(s note.Signer, rc *Receipt) ([]byte, error) {
+	body, err := json.Marshal(rc)
+	if err != nil {
+		return nil, lapse.Internal("audit: encode receipt", err)
+	}
+	sig, err := s.Sign(append([]byte(receiptContext), body...))
+	if err != nil {
+		return nil, lapse.Internal("audit: sign receipt", err)
+	}
+	out, err := json.Marshal(&SignedReceipt{Receipt: *rc, KeyName: s.Name(), KeyHash: s.KeyHash(), Signature: sig})
+	if err != nil {
+		return nil, lapse.Internal("audit: encode receipt", err)
+	}
+	return append(out, '\n'), nil
+}
+
+// VerifyReceipt checks a receipt file offline with only the log's public
+// key: the file is in canonical form, the signature verifies, the
+// embedded checkpoint verifies, the event is the grant's grant.revoked
+// entry, and the inclusion proof places it under the checkpoint's root.
+// It returns the receipt when all of that holds.
+func VerifyReceipt(file []byte, v note.Verifier) (*Receipt, error) {
+	var sr SignedReceipt
+	dec := json.NewDecoder(bytes.NewReader(file))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&sr); err != nil {
+		return nil, fmt.Errorf("receipt: not a receipt: %w", err)
+	}
+	canon, err := json.Marshal(&sr)
+	if err != nil {
+		return nil, fmt.Errorf("receipt: %w", err)
+	}
+	if !bytes.Equal(append(canon, '\n'), file) {
+		return nil, errors.New("receipt: not in canonical form (the file was changed)")
+	}
+	if sr.KeyName != v.Name() || sr.KeyHash != v.KeyHash() {
+		return nil, fmt.Errorf("receipt: signed by key %s+%08x, not by %s+%08x", sr.KeyName, sr.KeyHash, v.Name(), v.KeyHash())
+	}
+	body, err := json.Marshal(&sr.Receipt)
+	if err != nil {
+		return nil, fmt.Errorf("receipt: %w", err)
+	}
+	if !v.Verify(append([]byte(receiptContext), body...), sr.Signature) {
+		return nil, errors.New("receipt: the signature does not verify")
+	}
+	rc := &sr.Receipt
+	if rc.Format != ReceiptFormat {
+		return nil, fmt.Errorf("receipt: unknown format %q", rc.Format)
+	}
+	cp, err := OpenCheckpoint([]byte(rc.Log.Checkpoint), v)
+	if err != nil {
+		return nil, fmt.Errorf("receipt: %w", err)
+	}
+	if cp.Size != rc.Log.TreeSize || rc.Log.Origin != cp.Origin {
+		return nil, errors.New("receipt: the proof is not for the embedded checkpoint")
+	}
+	ev, err := ParseLeaf(rc.Log.Leaf)
+	if err != nil {
+		return nil, fmt.Errorf("receipt: %w", err)
+	}
+	a, _ := json.Marshal(ev)
+	b, _ := json.Marshal(rc.Log.Event)
+	if !bytes.Equal(a, b) || ev.Seq != rc.Log.Seq {
+		return nil, errors.New("receipt: the event does not match the log entry")
+	}
+	if ev.Type != lapse.EventGrantRevoked || ev.GrantID != rc.Grant.ID || rc.Grant.State != lapse.GrantRevoked {
+		return nil, errors.New("receipt: the log entry is not this grant's revocation")
+	}
+	for _, c := range rc.Checkpoints {
+		if c == nil || c.GrantID != rc.Grant.ID || !c.Verified() {
+			return nil, errors.New("receipt: a checkpoint is not a verified checkpoint of this grant")
+		}
+	}
+	if err := VerifyInclusion(uint64(ev.Seq-1), cp.Size, LeafHash(rc.Log.Leaf), rc.Log.Inclusion, cp.Root); err != nil {
+		return nil, fmt.Errorf("receipt: the inclusion proof does not verify: %w", err)
+	}
+	return rc, nil
+}
