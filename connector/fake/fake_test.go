@@ -596,3 +596,21 @@ func BenchmarkRevoke10k(b *testing.B) {
 		wg.Wait()
 	}
 }
+
+func TestThroughBroker(t *testing.T) {
+	clock := connectortest.NewClock()
+	c := fake.New(fake.Options{Clock: clock})
+	connectortest.RunThroughBroker(t, connectortest.BrokerCase{
+		Target: "scratch", Kind: "fake", Conn: c, Clock: clock,
+		Sabotage: func(on bool) {
+			if on {
+				c.Sabotage("")
+			} else {
+				c.ClearSabotage()
+			}
+		},
+		Login: func(ctx context.Context, creds *lapse.Credentials) error {
+			return c.Authenticate(creds.Info["user"], creds.Secret["password"])
+		},
+	})
+}
