@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -25,14 +26,27 @@ const (
 // catalog: names derived from the grant ID, and what State and Spec add.
 // Neither State nor Spec is required; a bad one is ignored rather than
 // allowed to block revocation.
+//
+// Spec comes from the catalog (policy); State comes back from Lapse's store
+// and is not trusted. Whenever the spec is valid it alone decides the mode
+// and the elevated account. State's account is only a candidate
+// (stateAccount), used to finish an interrupted elevation revocation of a
+// grant whose entitlement left the catalog, and only once
+// resolveStateAccount has checked it against the server.
 type revokeInputs struct {
 	login, elevation string
 	mode             string   // modeEphemeral, modeElevation or "" (unknown)
 	oids             []uint32 // from State
-	accounts         []string // elevated accounts named by State or Spec
+	accounts         []string // elevated accounts: the spec's, or State's once checked
+	stateAccount     string   // State's account, not yet checked (resolveStateAccount)
 	groups           []string // entitled roles named by State or Spec
 	notes            []string // why an input was ignored
 }
+
+// grantRoleRE matches names of the form the connector gives grants' roles
+// under any valid prefix (a login or elevation role of another grant, or of
+// this one made before the prefix changed): never an elevated account.
+var grantRoleRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,25}h?[0-9a-hjkmnp-tv-z]{26}$`)
 
 func (c *Conn) inputs(grantID string, rawState []byte, rawSpec map[string]any) (*revokeInputs, error) {
 	login, elev, err := roleNames(c.cfg.Prefix, grantID)
@@ -45,40 +59,91 @@ func (c *Conn) inputs(grantID string, rawState []byte, rawSpec map[string]any) (
 		in.notes = append(in.notes, "state ignored: "+lapse.ErrorMessage(err))
 		st = nil
 	}
-	var specAccount string
+	var spec *Spec
 	if rawSpec != nil {
-		spec, err := parseSpec(rawSpec, c.cfg.Prefix)
+		spec, err = parseSpec(rawSpec, c.cfg.Prefix)
 		if err != nil {
 			in.notes = append(in.notes, "spec ignored: "+lapse.ErrorMessage(err))
-		} else {
-			in.mode = modeEphemeral
-			if spec.elevation() {
-				in.mode = modeElevation
-				specAccount = spec.Account
-			}
-			in.groups = append(in.groups, spec.Roles...)
+			spec = nil
 		}
 	}
-	if st != nil {
-		in.mode = st.Mode // what Grant actually did wins over today's catalog
-		if st.OID != 0 {
-			in.oids = append(in.oids, st.OID)
+	if spec != nil {
+		in.mode = modeEphemeral
+		if spec.elevation() {
+			in.mode = modeElevation
+			in.accounts = []string{spec.Account}
 		}
-		for _, g := range st.Roles {
-			in.groups = appendNew(in.groups, g)
-		}
+		in.groups = append(in.groups, spec.Roles...)
 	}
-	// The catalog (Spec) is policy; State comes from the store. An account
-	// named only by State is used when the catalog names none, so a
-	// tampered State cannot point Revoke at an arbitrary account while the
-	// catalog says otherwise.
+	if st == nil {
+		return in, nil
+	}
+	if spec == nil {
+		in.mode = st.Mode
+	} else if st.Mode != in.mode {
+		in.notes = append(in.notes, "state mode "+st.Mode+" ignored: the catalog's spec selects "+in.mode+" mode")
+	}
+	if st.OID != 0 {
+		in.oids = append(in.oids, st.OID)
+	}
+	for _, g := range st.Roles {
+		in.groups = appendNew(in.groups, g)
+	}
+	if st.Account == "" || (spec != nil && spec.Account == st.Account) {
+		return in, nil
+	}
+	// The account State names (and the spec does not) is never trusted
+	// as it is: a State altered in the store could name any role.
 	switch {
-	case specAccount != "":
-		in.accounts = []string{specAccount}
-	case st != nil && st.Account != "":
-		in.accounts = []string{st.Account}
+	case spec != nil:
+		in.notes = append(in.notes, "state account "+st.Account+" ignored: the catalog's spec decides the account")
+	case st.Mode != modeElevation:
+		in.notes = append(in.notes, "state account "+st.Account+" ignored: an ephemeral grant has no account")
+	case st.Account == c.adminUser:
+		in.notes = append(in.notes, "state account "+st.Account+" ignored: it is the connector's own role")
+	case grantRoleRE.MatchString(st.Account):
+		in.notes = append(in.notes, "state account "+st.Account+" ignored: it is named like a grant's role")
+	default:
+		in.stateAccount = st.Account
 	}
 	return in, nil
+}
+
+// resolveStateAccount decides whether State's account may be used: only
+// to finish an interrupted elevation revocation, that is while the grant's
+// per-grant role still exists and no other role is a member of it (after
+// the fence, the account's membership is gone and State is the only record
+// of it), and never for a superuser. It moves the account to in.accounts,
+// or records why it was ignored.
+func (c *Conn) resolveStateAccount(ctx context.Context, in *revokeInputs) error {
+	account := in.stateAccount
+	if account == "" {
+		return nil
+	}
+	in.stateAccount = ""
+	var super, exists, others bool
+	err := c.pool.QueryRow(ctx, `
+SELECT
+  EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1 AND rolsuper),
+  EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2),
+  EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members am
+            JOIN pg_catalog.pg_roles r ON r.oid = am.roleid
+            JOIN pg_catalog.pg_roles m ON m.oid = am.member
+          WHERE r.rolname = $2 AND m.rolname <> $1)`, account, in.elevation).Scan(&super, &exists, &others)
+	if err != nil {
+		return dbError("check the account of the state", err)
+	}
+	switch {
+	case super:
+		in.notes = append(in.notes, "state account "+account+" ignored: it is a superuser")
+	case !exists:
+		in.notes = append(in.notes, "state account "+account+" ignored: the grant's elevation role is gone, so no revocation is left to finish")
+	case others:
+		in.notes = append(in.notes, "state account "+account+" ignored: another role is the member of the grant's elevation role")
+	default:
+		in.accounts = []string{account}
+	}
+	return nil
 }
 
 // skipped reports whether a test asked Revoke to leave out step.
@@ -117,6 +182,9 @@ type foundRole struct {
 func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*connector.RevokeResponse, error) {
 	in, err := c.inputs(req.GrantID, req.State, req.Spec)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.resolveStateAccount(ctx, in); err != nil {
 		return nil, err
 	}
 	it := &revokeItem{in: in}
@@ -401,7 +469,10 @@ func (c *Conn) uncoveredAccounts(ctx context.Context, accounts, groups []string)
 	if len(accounts) == 0 {
 		return nil, nil
 	}
-	rows, err := c.pool.Query(ctx, uncoveredSQL+"SELECT name FROM uncovered", accounts, groups)
+	// Never nil: pgx sends a nil slice as SQL NULL, for which uncoveredSQL
+	// would find every account covered (and keep its sessions), while
+	// Verify, which sends an empty array, finds it uncovered.
+	rows, err := c.pool.Query(ctx, uncoveredSQL+"SELECT name FROM uncovered", nonNil(accounts), nonNil(groups))
 	if err != nil {
 		return nil, dbError("check remaining memberships", err)
 	}
@@ -535,15 +606,20 @@ func (c *Conn) dropRole(ctx context.Context, r foundRole) ([]string, error) {
 	if pgCode(err) != sqlstateDependentObjects {
 		return nil, dbError("drop role "+r.name, err)
 	}
-	dbs, shared, err := c.dependencyDatabases(ctx, r.oid)
+	deps, err := c.dependencies(ctx, r.oid)
 	if err != nil {
 		return nil, err
 	}
-	if shared {
-		return nil, &lapse.Error{Code: lapse.ECONFLICT, Message: "the role owns a database or tablespace; Lapse does not drop those", Err: fmt.Errorf("postgres: drop role %s: owns shared objects", r.name)}
+	if len(deps.sharedOwned) > 0 {
+		// DROP OWNED leaves databases and tablespaces alone, and dropping
+		// one is not Lapse's to decide.
+		return nil, &lapse.Error{Code: lapse.ECONFLICT,
+			Message: "the role owns " + strings.Join(deps.sharedOwned, ", ") + "; Lapse does not drop databases or tablespaces",
+			Err:     fmt.Errorf("postgres: drop role %s: owns %s", r.name, strings.Join(deps.sharedOwned, ", "))}
 	}
 	var actions []string
-	for _, db := range dbs {
+	gone := false
+	for _, db := range deps.dbs {
 		if !c.databaseAllowed(db.name) || !db.allowConn {
 			return actions, &lapse.Error{Code: lapse.ECONFLICT, Message: "the role owns or holds objects in a database the connector may not clean", Err: fmt.Errorf("postgres: drop role %s: objects in database %s", r.name, db.name)}
 		}
@@ -559,11 +635,24 @@ func (c *Conn) dropRole(ctx context.Context, r foundRole) ([]string, error) {
 		}
 		if _, err := pool.Exec(ctx, script); err != nil {
 			if pgCode(err) == sqlstateUndefinedObject {
-				break // dropped meanwhile by a concurrent Revoke
+				gone = true // dropped meanwhile by a concurrent Revoke
+				break
 			}
 			return actions, dbError("clean up role "+r.name+" in database "+db.name, err)
 		}
 		actions = append(actions, verb)
+	}
+	if len(deps.sharedHeld) > 0 && !gone {
+		// DROP OWNED in any database also revokes the privileges on
+		// shared objects (databases, tablespaces, parameters). If no
+		// database holds anything else of the role, it runs in the
+		// connector's own database, where it then has nothing to drop.
+		if len(deps.dbs) == 0 {
+			if _, err := c.pool.Exec(ctx, "DROP OWNED BY "+quoteIdent(r.name)); err != nil && pgCode(err) != sqlstateUndefinedObject {
+				return actions, dbError("revoke privileges of role "+r.name+" on shared objects", err)
+			}
+		}
+		actions = append(actions, "revoked privileges of "+r.name+" on "+strings.Join(deps.sharedHeld, ", "))
 	}
 	if _, err := c.pool.Exec(ctx, drop); err != nil {
 		return actions, dbError("drop role "+r.name, err)
@@ -576,32 +665,62 @@ type dependencyDB struct {
 	allowConn bool
 }
 
-// dependencyDatabases lists the databases where the catalog records an
-// object owned by, a privilege granted to, or a default privilege of the
-// role (pg_shdepend is cluster-wide, so one query answers for all
-// databases). shared is true for dependencies of shared objects.
-func (c *Conn) dependencyDatabases(ctx context.Context, oid uint32) (dbs []dependencyDB, shared bool, err error) {
+// roleDependencies is what pg_shdepend records of a role.
+type roleDependencies struct {
+	// dbs are the databases with an object owned by, a privilege granted
+	// to, or a default privilege of the role.
+	dbs []dependencyDB
+	// sharedOwned describes the shared objects (databases, tablespaces)
+	// the role owns: a conflict.
+	sharedOwned []string
+	// sharedHeld describes the shared objects the role holds privileges on
+	// (CONNECT on a database, CREATE on a tablespace, SET on a parameter),
+	// which DROP OWNED in any database revokes.
+	sharedHeld []string
+}
+
+// dependencies reads what the catalog records of the role (pg_shdepend is
+// cluster-wide, so one query answers for all databases). Ownership of a
+// shared object is told apart from a privilege on one: only the first
+// stops the role from being dropped. Dependencies on role memberships
+// (pg_auth_members, in which the role is grantor) are removed by DROP
+// OWNED, like privileges.
+func (c *Conn) dependencies(ctx context.Context, oid uint32) (*roleDependencies, error) {
 	rows, err := c.pool.Query(ctx, `
-SELECT DISTINCT s.dbid = 0, coalesce(d.datname::text, ''), coalesce(d.datallowconn, false)
+SELECT DISTINCT s.dbid = 0,
+  s.dbid = 0 AND s.deptype = 'o' AND s.classid <> 'pg_catalog.pg_auth_members'::regclass,
+  coalesce(d.datname::text, ''), coalesce(d.datallowconn, false),
+  CASE WHEN s.dbid = 0 THEN coalesce(pg_catalog.pg_describe_object(s.classid, s.objid, s.objsubid), 'a shared object') ELSE '' END
 FROM pg_catalog.pg_shdepend s LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
-WHERE s.refclassid = 'pg_catalog.pg_authid'::regclass AND s.refobjid = $1`, oid)
+WHERE s.refclassid = 'pg_catalog.pg_authid'::regclass AND s.refobjid = $1 AND s.deptype <> 'p'
+ORDER BY 1, 2, 3, 5`, oid)
 	if err != nil {
-		return nil, false, dbError("find databases to clean", err)
+		return nil, dbError("find databases to clean", err)
 	}
 	defer rows.Close()
+	deps := &roleDependencies{}
 	for rows.Next() {
-		var isShared bool
+		var isShared, owned bool
 		var db dependencyDB
-		if err := rows.Scan(&isShared, &db.name, &db.allowConn); err != nil {
-			return nil, false, dbError("find databases to clean", err)
+		var object string
+		if err := rows.Scan(&isShared, &owned, &db.name, &db.allowConn, &object); err != nil {
+			return nil, dbError("find databases to clean", err)
 		}
-		if isShared {
-			shared = true
-			continue
+		switch {
+		case owned:
+			deps.sharedOwned = appendNew(deps.sharedOwned, object)
+		case isShared:
+			deps.sharedHeld = appendNew(deps.sharedHeld, object)
+		default:
+			if !slices.ContainsFunc(deps.dbs, func(d dependencyDB) bool { return d.name == db.name }) {
+				deps.dbs = append(deps.dbs, db)
+			}
 		}
-		dbs = append(dbs, db)
 	}
-	return dbs, shared, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, dbError("find databases to clean", err)
+	}
+	return deps, nil
 }
 
 func (c *Conn) databaseAllowed(db string) bool {

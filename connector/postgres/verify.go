@@ -159,6 +159,9 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 	if err != nil {
 		return nil, err
 	}
+	if err := c.resolveStateAccount(ctx, in); err != nil {
+		return nil, err
+	}
 	checkedAt := c.clock.Now().UTC().Format(time.RFC3339Nano)
 	var ob observation
 	if len(in.accounts) > 0 {

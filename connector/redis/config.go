@@ -53,9 +53,14 @@ type NodeConfig struct {
 	// Addr is host:port.
 	Addr string `yaml:"addr" json:"addr"`
 	// Username and Password are the connector's own admin account. It
-	// needs the ACL and CLIENT commands (for example
-	// `+acl +client|kill +client|list +ping +hello +auth`).
-	// An empty Username authenticates as the default user.
+	// needs RequiredPermissions, and New checks that it has them:
+	//
+	//	ACL SETUSER lapse-admin on >… +acl|setuser +acl|deluser +acl|getuser +acl|list +acl|cat
+	//	    +client|kill +client|list +client|setname +multi +exec +ping
+	//
+	// ("+acl" instead of the five acl subcommands also works). No key or
+	// channel patterns are needed. An empty Username authenticates as the
+	// default user.
 	Username string          `yaml:"username" json:"username,omitempty"`
 	Password lapse.SecretRef `yaml:"password" json:"password,omitzero"`
 	// TLS, when set, makes every connection to the node use TLS.

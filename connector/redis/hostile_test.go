@@ -333,7 +333,9 @@ func recordingProxy(t *testing.T, target string) *wireRecorder {
 			conns.Add(2)
 			go func() {
 				defer conns.Done()
-				io.Copy(io.MultiWriter(server, w), client)
+				// Record before forwarding, so what the server answered
+				// is always already in the record.
+				io.Copy(io.MultiWriter(w, server), client)
 				server.Close()
 			}()
 			go func() {

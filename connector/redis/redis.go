@@ -106,9 +106,12 @@ func (c *trackedConn) Close() error {
 }
 
 // New opens a connector for cfg. It validates cfg, resolves the admin
-// secrets and builds the connection pools; it does not dial, so a node
-// that is down at start-up does not stop the broker from starting (use
-// Ping for a readiness check). Returns EINVALID for a bad configuration.
+// secrets, builds the connection pools and checks, on every node it can
+// reach, that the admin account holds RequiredPermissions. A node that is
+// down at start-up, or refuses the admin credentials, does not stop the
+// broker from starting: it is logged, and the first command that needs it
+// fails (use Ping for a readiness check). Returns EINVALID for a bad
+// configuration, including an admin account that lacks a permission.
 func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -126,6 +129,7 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 		c.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	c.revokeNode = revokeOnNode
+	var checkOptions []*goredis.Options
 	for i, nc := range cfg.Nodes {
 		password, err := nc.Password.Resolve()
 		if err != nil {
@@ -155,6 +159,9 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 				TLSConfig:     tlsConfig,
 			}
 		}
+		check := base()
+		check.Username, check.Password = nc.Username, password
+		checkOptions = append(checkOptions, check)
 		admin := base()
 		admin.Username, admin.Password = nc.Username, password
 		admin.ClientName = "lapse"
@@ -172,6 +179,10 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 		n.probe.Store(goredis.NewClient(n.probeOptions()))
 		c.nodes = append(c.nodes, n)
 		c.byName[n.name] = n
+	}
+	if err := c.checkNodes(ctx, checkOptions); err != nil {
+		c.Close()
+		return nil, err
 	}
 	return c, nil
 }
@@ -363,6 +374,12 @@ type nodeRevocation struct {
 // MULTI/EXEC, so no login can slip in between the two. ACL DELUSER (never
 // `off`, which keeps authenticated connections) also closes connections
 // itself; CLIENT KILL USER makes that explicit and counts them.
+//
+// A failure of the transaction itself — the connection, MULTI or EXEC
+// refused, the server discarding it — is reported as such, naming the
+// permission the admin account lacks; only when EXEC ran are the two
+// replies read. If MULTI was refused, the server ran the two commands
+// outside a transaction (they were already sent), which the error says.
 func revokeOnNode(ctx context.Context, n *node, user string) (nodeRevocation, error) {
 	var kill, del *goredis.Cmd
 	_, err := n.admin.TxPipelined(ctx, func(p goredis.Pipeliner) error {
@@ -371,8 +388,8 @@ func revokeOnNode(ctx context.Context, n *node, user string) (nodeRevocation, er
 		return nil
 	})
 	var r nodeRevocation
-	if kill == nil || del == nil {
-		return r, nodeError(n, "revoke "+user, err)
+	if err := transactionError(n, user, err, kill, del); err != nil {
+		return r, err
 	}
 	killed, kerr := kill.Int64()
 	switch {
@@ -391,37 +408,104 @@ func revokeOnNode(ctx context.Context, n *node, user string) (nodeRevocation, er
 	return r, nil
 }
 
+// transactionError returns the failure of revokeOnNode's transaction as a
+// whole, or nil if EXEC ran and its replies are in kill and del (err is
+// then the first command's own error, such as "No such user", which the
+// caller reads from the command).
+func transactionError(n *node, user string, err error, kill, del *goredis.Cmd) error {
+	if err == nil {
+		return nil
+	}
+	op := "revoke " + user
+	var rerr goredis.Error
+	switch {
+	case kill == nil || del == nil || !errors.As(err, &rerr):
+		// Not a reply of the server: the connection failed.
+		return nodeError(n, op, err)
+	case refusedCommand(err) == "multi":
+		return &lapse.Error{Code: lapse.EUNAVAILABLE,
+			Message: fmt.Sprintf("redis node %s refused MULTI to the connector's admin account (add +multi +exec to its ACL); the revocation's commands ran outside a transaction", n.name),
+			Err:     fmt.Errorf("redis: node %s: %s: MULTI refused: %w", n.name, op, err)}
+	case goredis.HasErrorPrefix(err, "EXECABORT"):
+		// The server discarded the transaction: nothing ran. The cause is
+		// in the error (EXEC refused) or in the command refused when
+		// queued.
+		cause := err
+		for _, cmd := range []*goredis.Cmd{kill, del} {
+			if e := cmd.Err(); e != nil && !goredis.HasErrorPrefix(e, "EXECABORT") {
+				cause = e
+				break
+			}
+		}
+		msg := fmt.Sprintf("redis node %s discarded the revocation's transaction", n.name)
+		if c := refusedCommand(cause); c != "" {
+			msg = fmt.Sprintf("redis node %s discarded the revocation's transaction: the connector's admin account may not run %s (add +%s to its ACL)", n.name, commandText(c), c)
+		}
+		return &lapse.Error{Code: lapse.EUNAVAILABLE, Message: msg,
+			Err: fmt.Errorf("redis: node %s: %s: transaction discarded: %w", n.name, op, cause)}
+	case kill.Err() == err && del.Err() == err:
+		// The same error on both commands: the transaction failed as a
+		// whole (EXEC's own reply), not one command inside it.
+		return nodeError(n, op, err)
+	}
+	return nil
+}
+
+// commandText writes a command as a client sends it: "client|kill" is
+// CLIENT KILL.
+func commandText(cmd string) string {
+	return strings.ToUpper(strings.ReplaceAll(cmd, "|", " "))
+}
+
 // Revoke deletes the grant's ACL user and closes its connections on every
 // configured node. It needs neither State nor a successful Grant: the user
-// name comes from the grant ID. Repeating it is harmless. Returns
-// EUNAVAILABLE, after acting on every reachable node, if a node failed.
+// name comes from the grant ID. If State belongs to the grant and records
+// the user under another prefix (the prefix was changed since Grant), that
+// user is deleted too. Repeating it is harmless. Returns EUNAVAILABLE,
+// after acting on every reachable node, if a node failed.
 func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*connector.RevokeResponse, error) {
 	user, err := c.UserName(req.GrantID)
 	if err != nil {
 		return nil, err
 	}
-	results := make([]nodeRevocation, len(c.nodes))
+	st, ok := c.grantState(req.GrantID, req.State)
+	users := grantUsers(user, st)
+	results := make([][]nodeRevocation, len(c.nodes))
+	failed := make([][]bool, len(c.nodes))
 	errs := c.eachIndexed(ctx, func(ctx context.Context, i int, n *node) error {
-		r, err := c.revokeNode(ctx, n, user)
-		results[i] = r
-		return err
+		var first error
+		results[i] = make([]nodeRevocation, len(users))
+		failed[i] = make([]bool, len(users))
+		for j, u := range users {
+			r, err := c.revokeNode(ctx, n, u)
+			results[i][j] = r
+			if err != nil {
+				failed[i][j] = true
+				if first == nil {
+					first = err
+				}
+			}
+		}
+		return first
 	})
 	resp := &connector.RevokeResponse{}
 	for i, n := range c.nodes {
-		switch {
-		case errs[i] != nil:
-			resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: revocation failed", n.name))
-		case results[i].deleted:
-			resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: deleted ACL user %s, closed %d connections", n.name, user, results[i].killed))
-		default:
-			resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: ACL user %s already absent, closed %d connections", n.name, user, results[i].killed))
+		for j, u := range users {
+			r := results[i][j]
+			switch {
+			case failed[i][j]:
+				resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: revocation of ACL user %s failed", n.name, u))
+			case r.deleted:
+				resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: deleted ACL user %s, closed %d connections", n.name, u, r.killed))
+			default:
+				resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: ACL user %s already absent, closed %d connections", n.name, u, r.killed))
+			}
 		}
 	}
-	missing, ok := c.missingNodes(req.GrantID, req.State)
 	if !ok {
 		resp.Actions = append(resp.Actions, stateIgnored)
 	}
-	for _, name := range missing {
+	for _, name := range c.missingNodes(st) {
 		resp.Actions = append(resp.Actions, fmt.Sprintf("node %s: held the grant but is no longer configured; cannot revoke there", name))
 	}
 	if err := firstError(errs); err != nil {
@@ -435,55 +519,87 @@ func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*conne
 // is not the grant's own.
 const stateIgnored = "state ignored: it does not belong to this grant"
 
-// missingNodes returns the nodes named in a grant's state that are not
-// configured any more. State comes from the broker's store and is not
-// trusted: it is used only if its user is this grant's (the prefix, which
-// may have been reconfigured since, followed by the grant ID), and a
-// hostile or corrupt state cannot name anything but a node-name-shaped
-// string here: it is only reported, never dialled. ok is false when a
-// state was given but ignored.
-func (c *Conn) missingNodes(grantID string, raw json.RawMessage) (missing []string, ok bool) {
+// grantState decodes a grant's state. State comes from the broker's store
+// and is not trusted: it is used only if its user is this grant's — a
+// prefix of the allowed form (the prefix may have been reconfigured since
+// Grant) followed by the grant ID. ok is false when a state was given but
+// does not belong to the grant; st is then nil, as it is without a state.
+func (c *Conn) grantState(grantID string, raw json.RawMessage) (st *state, ok bool) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, true
 	}
-	var st state
-	if err := json.Unmarshal(raw, &st); err != nil {
+	st = &state{}
+	if err := json.Unmarshal(raw, st); err != nil {
 		return nil, false
 	}
 	prefix, found := strings.CutSuffix(st.User, grantID)
 	if !found || !safeName(prefix, MaxPrefixLength) || !isLower(prefix[0]) {
 		return nil, false
 	}
+	return st, true
+}
+
+// grantUsers returns the user names Revoke and Verify act on: the one
+// derived from the grant ID with today's prefix and, if a state that
+// belongs to the grant records it under another prefix, that one too.
+func grantUsers(derived string, st *state) []string {
+	if st == nil || st.User == derived {
+		return []string{derived}
+	}
+	return []string{derived, st.User}
+}
+
+// missingNodes returns the nodes named in a grant's state (already checked
+// by grantState) that are not configured any more. A hostile or corrupt
+// state can name nothing but a node-name-shaped string here: it is only
+// reported, never dialled.
+func (c *Conn) missingNodes(st *state) (missing []string) {
+	if st == nil {
+		return nil
+	}
 	for _, name := range st.Nodes {
 		if _, ok := c.byName[name]; !ok && safeName(name, maxNodeNameLength) {
 			missing = append(missing, name)
 		}
 	}
-	return missing, true
+	return missing
 }
 
 // Verify checks every configured node, read-only: ACL GETUSER must return
 // nil, CLIENT LIST must show no client of the user, and AUTH with the
 // grant's own password (from req.Probe) must fail. It reports one target
-// and one sessions checkpoint per node, with what it queried and saw. A
-// node named in State that is no longer configured is reported as residue.
-// Returns EUNAVAILABLE if a node could not be checked.
+// and one sessions checkpoint per node, with what it queried and saw. If
+// State belongs to the grant and records the user under another prefix,
+// that user is checked too, in the same checkpoints. A node named in State
+// that is no longer configured is reported as residue. Returns
+// EUNAVAILABLE if a node could not be checked.
 func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*connector.VerifyResponse, error) {
 	user, err := c.UserName(req.GrantID)
 	if err != nil {
 		return nil, err
 	}
+	st, ok := c.grantState(req.GrantID, req.State)
+	users := grantUsers(user, st)
 	password := req.Probe["password"]
 	results := make([][2]connector.CheckpointResult, len(c.nodes))
 	errs := c.eachIndexed(ctx, func(ctx context.Context, i int, n *node) error {
 		var err error
-		results[i], err = c.verifyNode(ctx, n, user, password)
+		results[i], err = c.verifyNode(ctx, n, users[0], password)
+		for _, u := range users[1:] {
+			if err != nil {
+				break
+			}
+			var more [2]connector.CheckpointResult
+			more, err = c.verifyNode(ctx, n, u, password)
+			for k := range more {
+				results[i][k] = mergeCheckpoint(results[i][k], more[k], u)
+			}
+		}
 		return err
 	})
 	if err := firstError(errs); err != nil {
 		return nil, err
 	}
-	missing, ok := c.missingNodes(req.GrantID, req.State)
 	resp := &connector.VerifyResponse{}
 	for _, r := range results {
 		if !ok {
@@ -491,7 +607,7 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 		}
 		resp.Checkpoints = append(resp.Checkpoints, r[0], r[1])
 	}
-	for _, name := range missing {
+	for _, name := range c.missingNodes(st) {
 		for _, kind := range []lapse.CheckpointKind{lapse.CheckpointTarget, lapse.CheckpointSessions} {
 			suffix := "/acl"
 			if kind == lapse.CheckpointSessions {
@@ -505,6 +621,17 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 		}
 	}
 	return resp, nil
+}
+
+// mergeCheckpoint adds to a node's checkpoint what the check of the user
+// State recorded under an earlier prefix found: its residue, and its
+// evidence under state_user.
+func mergeCheckpoint(cp, more connector.CheckpointResult, user string) connector.CheckpointResult {
+	cp.Residue = append(cp.Residue, more.Residue...)
+	cp.Gone = cp.Gone && more.Gone
+	cp.Evidence["state_user"] = user
+	cp.Evidence["state_user_evidence"] = more.Evidence
+	return cp
 }
 
 func (c *Conn) verifyNode(ctx context.Context, n *node, user, password string) ([2]connector.CheckpointResult, error) {
@@ -651,13 +778,16 @@ func firstError(errs []error) error {
 
 // nodeError turns a failure on a node into an application error:
 // EUNAVAILABLE, because the broker retries and the operator must look at
-// the node. The message names the node, never a credential; the cause is
-// kept for the log.
+// the node. The message names the node, and the command the admin account
+// was refused, never a credential; the cause is kept for the log.
 func nodeError(n *node, op string, err error) error {
 	cause := fmt.Errorf("redis: node %s: %s: %w", n.name, op, err)
 	var msg string
 	var rerr goredis.Error
 	switch {
+	case refusedCommand(err) != "":
+		c := refusedCommand(err)
+		msg = fmt.Sprintf("redis node %s refused %s to the connector's admin account (add +%s to its ACL)", n.name, commandText(c), c)
 	case goredis.IsAuthError(err) || goredis.IsPermissionError(err):
 		msg = fmt.Sprintf("redis node %s refused the connector's admin account", n.name)
 	case errors.As(err, &rerr):
