@@ -37,6 +37,9 @@ func scanAPIKey(sc scanner) (*lapse.APIKey, error) {
 
 // GetAPIKey implements lapse.Store.
 func (s *Store) GetAPIKey(ctx context.Context, prefix string) (*lapse.APIKey, error) {
+	if err := noNUL("prefix", prefix); err != nil {
+		return nil, err
+	}
 	c, err := s.reader()
 	if err != nil {
 		return nil, err
@@ -93,15 +96,17 @@ func (t *tx) InsertAPIKey(ctx context.Context, k *lapse.APIKey) error {
 		return err
 	}
 	var e enc
-	p := e.principal(&k.Principal)
+	prefix, id := e.text("prefix", prefix), e.text("id", k.ID)
+	p := e.principal("principal", &k.Principal)
 	scopes := e.strings(k.Scopes)
+	name, createdBy := e.text("name", k.Name), e.text("created_by", k.CreatedBy)
 	createdAt, expiresAt := e.time("created_at", k.CreatedAt), e.time("expires_at", k.ExpiresAt)
 	revokedAt, lastUsedAt := e.time("revoked_at", k.RevokedAt), e.time("last_used_at", k.LastUsedAt)
 	if e.err != nil {
 		return e.err
 	}
-	res, err := t.exec(ctx, qInsertAPIKey, prefix, k.ID, p[0], p[1], p[2], p[3], p[4], p[5],
-		scopes, k.Name, blob(k.Hash), createdAt, expiresAt, revokedAt, lastUsedAt, k.CreatedBy)
+	res, err := t.exec(ctx, qInsertAPIKey, prefix, id, p[0], p[1], p[2], p[3], p[4], p[5],
+		scopes, name, blob(k.Hash), createdAt, expiresAt, revokedAt, lastUsedAt, createdBy)
 	if err != nil {
 		return t.fail("insert api key", err)
 	}
@@ -120,10 +125,11 @@ func (t *tx) UpdateAPIKey(ctx context.Context, k *lapse.APIKey) error {
 	}
 	var e enc
 	revokedAt, lastUsedAt := e.time("revoked_at", k.RevokedAt), e.time("last_used_at", k.LastUsedAt)
+	prefix := e.text("prefix", keyPrefix(k))
 	if e.err != nil {
 		return e.err
 	}
-	res, err := t.exec(ctx, qUpdateAPIKey, revokedAt, lastUsedAt, keyPrefix(k))
+	res, err := t.exec(ctx, qUpdateAPIKey, revokedAt, lastUsedAt, prefix)
 	if err != nil {
 		return t.fail("update api key", err)
 	}

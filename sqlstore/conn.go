@@ -182,11 +182,22 @@ func (t *tx) undo() {
 type where struct {
 	conds []string
 	args  []any
+	err   error // the first filter value that cannot match (see addText)
 }
 
 func (w *where) add(cond string, args ...any) {
 	w.conds = append(w.conds, cond)
 	w.args = append(w.args, args...)
+}
+
+// addText adds a condition on one text value. A value with a NUL byte is
+// refused, naming field: nothing stored holds one, and PostgreSQL would
+// fail the whole query on it.
+func (w *where) addText(cond, field, v string) {
+	if w.err == nil {
+		w.err = noNUL(field, v)
+	}
+	w.add(cond, v)
 }
 
 func (w *where) String() string {

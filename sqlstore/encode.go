@@ -1,8 +1,10 @@
 package sqlstore
 
 import (
+	"bytes"
 	"database/sql"
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/lapsehq/lapse"
@@ -54,10 +56,47 @@ func (e *enc) stringMap(v map[string]string) any {
 	return string(b)
 }
 
-// rawJSON stores a raw JSON value as text; an empty value is NULL.
-func rawJSON(v json.RawMessage) any {
+// text passes s through to a text column, and records EINVALID naming
+// field if it holds a NUL byte. PostgreSQL refuses NUL in text (an internal
+// error, after the statement was sent) while SQLite stores it; refusing it
+// here, on both, keeps the two databases interchangeable and makes it what
+// it is: bad input. Lists and maps are not checked: their JSON encoding
+// escapes NUL, so it never reaches a column and round-trips unchanged.
+func (e *enc) text(field, s string) string {
+	if e.err == nil {
+		e.err = noNUL(field, s)
+	}
+	return s
+}
+
+// noNUL returns EINVALID naming field if s holds a NUL byte.
+func noNUL(field, s string) error {
+	if strings.IndexByte(s, 0) >= 0 {
+		return lapse.FieldErrorf(lapse.EINVALID, field, "%s contains a NUL byte, which cannot be stored", field)
+	}
+	return nil
+}
+
+// diagnostic makes text a target produced storable by replacing each NUL
+// byte with U+FFFD. It is for a grant's last error only: that text comes
+// from the targets and is written on the revocation path, and a revocation
+// must never fail to be recorded because of what a target said.
+func diagnostic(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
+}
+
+// rawJSON stores a raw JSON value as text; an empty value is NULL. Valid
+// JSON never holds a NUL byte (control characters in strings are escaped),
+// so one is refused as bad input naming field.
+func (e *enc) rawJSON(field string, v json.RawMessage) any {
 	if len(v) == 0 {
 		return nil
+	}
+	if e.err == nil && bytes.IndexByte(v, 0) >= 0 {
+		e.err = lapse.FieldErrorf(lapse.EINVALID, field, "%s contains a NUL byte, which cannot be stored", field)
 	}
 	return string(v)
 }
@@ -135,9 +174,11 @@ func (pc *principalCols) fill(d *dec, p *lapse.Principal) {
 	p.Scopes = d.strings(pc.scopes)
 }
 
-// principalArgs returns the six principal columns' values.
-func (e *enc) principal(p *lapse.Principal) [6]any {
-	return [6]any{p.ID, string(p.Kind), p.Name, e.strings(p.Groups), e.strings(p.Scopes), p.CredentialID}
+// principal returns the six principal columns' values; field names the
+// principal in errors ("requester", "approver", "principal").
+func (e *enc) principal(field string, p *lapse.Principal) [6]any {
+	return [6]any{e.text(field+".id", p.ID), e.text(field+".kind", string(p.Kind)), e.text(field+".name", p.Name),
+		e.strings(p.Groups), e.strings(p.Scopes), e.text(field+".credential_id", p.CredentialID)}
 }
 
 // nonEmpty returns EINVALID naming field if v is empty.

@@ -19,6 +19,9 @@ func (t *tx) AppendEvent(ctx context.Context, ev *lapse.Event) error {
 	}
 	var e enc
 	at := e.time("time", ev.Time)
+	text := [...]string{e.text("type", ev.Type), e.text("actor_id", ev.ActorID), e.text("actor_kind", string(ev.ActorKind)),
+		e.text("channel", ev.Channel), e.text("request_id", ev.RequestID), e.text("grant_id", ev.GrantID), e.text("outcome", ev.Outcome)}
+	data := e.rawJSON("data", ev.Data)
 	if e.err != nil {
 		return e.err
 	}
@@ -34,8 +37,8 @@ func (t *tx) AppendEvent(ctx context.Context, ev *lapse.Event) error {
 	}
 	seq := t.buf.nextSeq
 	t.buf.nextSeq++
-	t.buf.events = append(t.buf.events, seq, at, ev.Type, ev.ActorID, string(ev.ActorKind), ev.Channel,
-		ev.RequestID, ev.GrantID, ev.Outcome, rawJSON(ev.Data))
+	t.buf.events = append(t.buf.events, seq, at, text[0], text[1], text[2], text[3],
+		text[4], text[5], text[6], data)
 	t.set(&ev.Seq, seq)
 	return nil
 }
@@ -64,10 +67,13 @@ func (s *Store) ListEvents(ctx context.Context, f lapse.EventFilter) ([]*lapse.E
 		w.add("seq > ?", f.AfterSeq)
 	}
 	if f.GrantID != "" {
-		w.add("grant_id = ?", f.GrantID)
+		w.addText("grant_id = ?", "grant_id", f.GrantID)
 	}
 	if f.RequestID != "" {
-		w.add("request_id = ?", f.RequestID)
+		w.addText("request_id = ?", "request_id", f.RequestID)
+	}
+	if w.err != nil {
+		return nil, w.err
 	}
 	q := "SELECT " + eventCols + " FROM events" + w.String() + " ORDER BY seq LIMIT ?"
 	args := append(w.args, listLimit(f.Limit))

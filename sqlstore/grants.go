@@ -77,6 +77,9 @@ func scanCheckpoint(sc scanner) (*lapse.Checkpoint, error) {
 
 // getGrant reads one grant and its checkpoints.
 func (c *conn) getGrant(ctx context.Context, id string, forUpdate bool) (*lapse.Grant, error) {
+	if err := noNUL("id", id); err != nil {
+		return nil, err
+	}
 	q := qGetGrant
 	if forUpdate {
 		q = qGetGrantForUpdate
@@ -120,22 +123,25 @@ func (s *Store) GetGrant(ctx context.Context, id string) (*lapse.Grant, error) {
 func (s *Store) ListGrants(ctx context.Context, f lapse.GrantFilter) ([]*lapse.Grant, error) {
 	var w where
 	if f.State != "" {
-		w.add("state = ?", string(f.State))
+		w.addText("state = ?", "state", string(f.State))
 	}
 	if f.PrincipalID != "" {
-		w.add("principal_id = ?", f.PrincipalID)
+		w.addText("principal_id = ?", "principal_id", f.PrincipalID)
 	}
 	if f.Target != "" {
-		w.add("target = ?", f.Target)
+		w.addText("target = ?", "target", f.Target)
 	}
 	if f.Entitlement != "" {
-		w.add("entitlement = ?", f.Entitlement)
+		w.addText("entitlement = ?", "entitlement", f.Entitlement)
 	}
 	if f.RequestID != "" {
-		w.add("request_id = ?", f.RequestID)
+		w.addText("request_id = ?", "request_id", f.RequestID)
 	}
 	if f.Live {
 		w.add("state NOT IN ('scheduled', 'revoked')")
+	}
+	if w.err != nil {
+		return nil, w.err
 	}
 	q := "SELECT " + grantCols + " FROM grants" + w.String() + " ORDER BY created_at DESC, id DESC LIMIT ?"
 	args := append(w.args, listLimit(f.Limit))
@@ -236,6 +242,12 @@ func checkClaim(in lapse.ClaimInput) (now, until any, err error) {
 		return nil, nil, lapse.FieldErrorf(lapse.EINVALID, "lease", "lease must be positive")
 	case in.Limit <= 0:
 		return nil, nil, lapse.FieldErrorf(lapse.EINVALID, "limit", "limit must be positive")
+	}
+	if err := noNUL("owner", in.Owner); err != nil {
+		return nil, nil, err
+	}
+	if err := noNUL("target", in.Target); err != nil {
+		return nil, nil, err
 	}
 	var e enc
 	now = e.time("now", in.Now)
@@ -388,18 +400,21 @@ func (t *tx) InsertGrant(ctx context.Context, g *lapse.Grant) error {
 		return err
 	}
 	var e enc
-	p := e.principal(&g.Principal)
+	id, requestID := e.text("id", g.ID), e.text("request_id", g.RequestID)
+	p := e.principal("principal", &g.Principal)
 	startsAt, expiresAt, dueAt := e.time("starts_at", g.StartsAt), e.time("expires_at", g.ExpiresAt), e.time("due_at", g.DueAt)
 	leaseUntil, createdAt, activatedAt := e.time("lease_until", g.LeaseUntil), e.time("created_at", g.CreatedAt), e.time("activated_at", g.ActivatedAt)
 	revokeStartedAt, revokedAt := e.time("revoke_started_at", g.RevokeStartedAt), e.time("revoked_at", g.RevokedAt)
 	info := e.stringMap(g.Info)
+	text := [...]string{e.text("entitlement", g.Entitlement), e.text("target", g.Target), e.text("task_id", g.TaskID),
+		e.text("state", string(g.State)), e.text("end_reason", string(g.EndReason)), e.text("lease_owner", g.LeaseOwner)}
 	if e.err != nil {
 		return e.err
 	}
-	res, err := t.exec(ctx, qInsertGrant, g.ID, g.RequestID, p[0], p[1], p[2], p[3], p[4], p[5],
-		g.Entitlement, g.Target, g.TaskID, string(g.State), string(g.EndReason),
+	res, err := t.exec(ctx, qInsertGrant, id, requestID, p[0], p[1], p[2], p[3], p[4], p[5],
+		text[0], text[1], text[2], text[3], text[4],
 		startsAt, expiresAt, dueAt, blob(g.ConnectorState), info, blob(g.SealedCredentials), blob(g.SealedProbe), g.CredentialsClaimed,
-		g.Attempts, g.LastError, g.LeaseOwner, leaseUntil, g.Fence,
+		g.Attempts, diagnostic(g.LastError), text[5], leaseUntil, g.Fence,
 		createdAt, activatedAt, revokeStartedAt, revokedAt, int64(1))
 	if err != nil {
 		return t.fail("insert grant", err)
@@ -431,13 +446,14 @@ func (t *tx) UpdateGrant(ctx context.Context, g *lapse.Grant) error {
 	leaseUntil, activatedAt := e.time("lease_until", g.LeaseUntil), e.time("activated_at", g.ActivatedAt)
 	revokeStartedAt, revokedAt := e.time("revoke_started_at", g.RevokeStartedAt), e.time("revoked_at", g.RevokedAt)
 	info := e.stringMap(g.Info)
+	state, endReason, owner, id := e.text("state", string(g.State)), e.text("end_reason", string(g.EndReason)), e.text("lease_owner", g.LeaseOwner), e.text("id", g.ID)
 	if e.err != nil {
 		return e.err
 	}
-	res, err := t.exec(ctx, qUpdateGrant, string(g.State), string(g.EndReason), startsAt, expiresAt, dueAt,
+	res, err := t.exec(ctx, qUpdateGrant, state, endReason, startsAt, expiresAt, dueAt,
 		blob(g.ConnectorState), info, blob(g.SealedCredentials), blob(g.SealedProbe), g.CredentialsClaimed, g.Attempts,
-		g.LastError, g.LeaseOwner, leaseUntil, g.Fence, activatedAt, revokeStartedAt, revokedAt,
-		g.ID, g.Version)
+		diagnostic(g.LastError), owner, leaseUntil, g.Fence, activatedAt, revokeStartedAt, revokedAt,
+		id, g.Version)
 	if err != nil {
 		return t.fail("update grant", err)
 	}
@@ -466,11 +482,12 @@ func (t *tx) PutCheckpoint(ctx context.Context, cp *lapse.Checkpoint) error {
 		return err
 	}
 	var e enc
+	grantID, name, kind := e.text("grant_id", cp.GrantID), e.text("name", cp.Name), e.text("kind", string(cp.Kind))
 	createdAt, revokedAt, verifiedAt := e.time("created_at", cp.CreatedAt), e.time("revoked_at", cp.RevokedAt), e.time("verified_at", cp.VerifiedAt)
-	residue := e.strings(cp.Residue)
+	evidence, residue := e.rawJSON("evidence", cp.Evidence), e.strings(cp.Residue)
 	if e.err != nil {
 		return e.err
 	}
-	t.buf.putCheckpoint([8]any{cp.GrantID, cp.Name, string(cp.Kind), createdAt, revokedAt, verifiedAt, rawJSON(cp.Evidence), residue})
+	t.buf.putCheckpoint([8]any{grantID, name, kind, createdAt, revokedAt, verifiedAt, evidence, residue})
 	return nil
 }

@@ -66,6 +66,9 @@ func scanApproval(sc scanner) (*lapse.Approval, error) {
 
 // getRequest reads one request and its approvals.
 func (c *conn) getRequest(ctx context.Context, id string, forUpdate bool) (*lapse.Request, error) {
+	if err := noNUL("id", id); err != nil {
+		return nil, err
+	}
 	q := qGetRequest
 	if forUpdate {
 		q = qGetRequestForUpdate
@@ -109,10 +112,13 @@ func (s *Store) GetRequest(ctx context.Context, id string) (*lapse.Request, erro
 func (s *Store) ListRequests(ctx context.Context, f lapse.RequestFilter) ([]*lapse.Request, error) {
 	var w where
 	if f.State != "" {
-		w.add("state = ?", string(f.State))
+		w.addText("state = ?", "state", string(f.State))
 	}
 	if f.RequesterID != "" {
-		w.add("requester_id = ?", f.RequesterID)
+		w.addText("requester_id = ?", "requester_id", f.RequesterID)
+	}
+	if w.err != nil {
+		return nil, w.err
 	}
 	q := "SELECT " + requestCols + " FROM requests" + w.String() + " ORDER BY created_at DESC, id DESC LIMIT ?"
 	args := append(w.args, listLimit(f.Limit))
@@ -178,14 +184,18 @@ func (t *tx) InsertRequest(ctx context.Context, r *lapse.Request) error {
 		return err
 	}
 	var e enc
-	p := e.principal(&r.Requester)
+	id := e.text("id", r.ID)
+	p := e.principal("requester", &r.Requester)
 	createdAt, expiresAt, decidedAt := e.time("created_at", r.CreatedAt), e.time("expires_at", r.ExpiresAt), e.time("decided_at", r.DecidedAt)
+	text := [...]string{e.text("entitlement", r.Entitlement), e.text("reason", r.Reason), e.text("ticket", r.Ticket),
+		e.text("task_id", r.TaskID), e.text("channel", r.Channel), e.text("hash", r.Hash), e.text("state", string(r.State)),
+		e.text("grant_id", r.GrantID), e.text("decision_note", r.DecisionNote)}
 	if e.err != nil {
 		return e.err
 	}
-	res, err := t.exec(ctx, qInsertRequest, r.ID, p[0], p[1], p[2], p[3], p[4], p[5],
-		r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.Channel, r.Hash, string(r.State),
-		r.Required, r.GrantID, r.DecisionNote, createdAt, expiresAt, decidedAt, int64(1))
+	res, err := t.exec(ctx, qInsertRequest, id, p[0], p[1], p[2], p[3], p[4], p[5],
+		text[0], int64(r.Duration), text[1], text[2], text[3], text[4], text[5], text[6],
+		r.Required, text[7], text[8], createdAt, expiresAt, decidedAt, int64(1))
 	if err != nil {
 		return t.fail("insert request", err)
 	}
@@ -213,11 +223,12 @@ func (t *tx) UpdateRequest(ctx context.Context, r *lapse.Request) error {
 	}
 	var e enc
 	expiresAt, decidedAt := e.time("expires_at", r.ExpiresAt), e.time("decided_at", r.DecidedAt)
+	state, grantID, note, id := e.text("state", string(r.State)), e.text("grant_id", r.GrantID), e.text("decision_note", r.DecisionNote), e.text("id", r.ID)
 	if e.err != nil {
 		return e.err
 	}
-	res, err := t.exec(ctx, qUpdateRequest, string(r.State), r.Required, r.GrantID, r.DecisionNote,
-		expiresAt, decidedAt, r.ID, r.Version)
+	res, err := t.exec(ctx, qUpdateRequest, state, r.Required, grantID, note,
+		expiresAt, decidedAt, id, r.Version)
 	if err != nil {
 		return t.fail("update request", err)
 	}
@@ -258,21 +269,24 @@ func (t *tx) InsertApproval(ctx context.Context, a *lapse.Approval) error {
 		return err
 	}
 	var e enc
-	p := e.principal(&a.Approver)
+	requestID := e.text("request_id", a.RequestID)
+	p := e.principal("approver", &a.Approver)
 	createdAt := e.time("created_at", a.CreatedAt)
+	text := [...]string{e.text("decision", string(a.Decision)), e.text("comment", a.Comment),
+		e.text("request_hash", a.RequestHash), e.text("channel", a.Channel)}
 	if e.err != nil {
 		return e.err
 	}
 	// Checked first: on PostgreSQL a foreign key violation would abort the
 	// whole transaction, where a missing request is an ordinary answer.
 	var one int
-	if err := t.queryRow(ctx, qRequestExists, a.RequestID).Scan(&one); errors.Is(err, sql.ErrNoRows) {
+	if err := t.queryRow(ctx, qRequestExists, requestID).Scan(&one); errors.Is(err, sql.ErrNoRows) {
 		return lapse.Errorf(lapse.ENOTFOUND, "request %s not found", a.RequestID)
 	} else if err != nil {
 		return t.fail("check request", err)
 	}
-	res, err := t.exec(ctx, qInsertApproval, a.RequestID, p[0], p[1], p[2], p[3], p[4], p[5],
-		string(a.Decision), a.Comment, a.RequestHash, a.Channel, createdAt)
+	res, err := t.exec(ctx, qInsertApproval, requestID, p[0], p[1], p[2], p[3], p[4], p[5],
+		text[0], text[1], text[2], text[3], createdAt)
 	if err != nil {
 		return t.fail("insert approval", err)
 	}

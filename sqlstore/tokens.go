@@ -21,6 +21,9 @@ func (t *tx) AddTokenRevocation(ctx context.Context, r *lapse.TokenRevocation) (
 	}
 	var e enc
 	expiresAt, revokedAt := e.time("exp", r.ExpiresAt), e.time("revoked_at", r.RevokedAt)
+	e.text("target", r.Target)
+	e.text("jti", r.TokenID)
+	e.text("grant_id", r.GrantID)
 	if e.err != nil {
 		return 0, e.err
 	}
@@ -56,6 +59,12 @@ func (t *tx) AckTokenRevocations(ctx context.Context, target, consumer string, s
 	if err := nonEmpty("consumer", consumer); err != nil {
 		return err
 	}
+	if err := noNUL("target", target); err != nil {
+		return err
+	}
+	if err := noNUL("consumer", consumer); err != nil {
+		return err
+	}
 	if seq < 0 {
 		return lapse.FieldErrorf(lapse.EINVALID, "seq", "seq must not be negative")
 	}
@@ -75,6 +84,9 @@ func (t *tx) AckTokenRevocations(ctx context.Context, target, consumer string, s
 // TokenRevocations implements lapse.Store. limit defaults to
 // lapse.DefaultListLimit and is capped at lapse.MaxListLimit.
 func (s *Store) TokenRevocations(ctx context.Context, target string, afterSeq int64, limit int) ([]*lapse.TokenRevocation, error) {
+	if err := noNUL("target", target); err != nil {
+		return nil, err
+	}
 	c, err := s.reader()
 	if err != nil {
 		return nil, err
@@ -103,6 +115,12 @@ func (s *Store) TokenRevocations(ctx context.Context, target string, afterSeq in
 
 // TokenRevoked implements lapse.Store.
 func (s *Store) TokenRevoked(ctx context.Context, target, tokenID string) (bool, error) {
+	if err := noNUL("target", target); err != nil {
+		return false, err
+	}
+	if err := noNUL("jti", tokenID); err != nil {
+		return false, err
+	}
 	c, err := s.reader()
 	if err != nil {
 		return false, err
@@ -120,6 +138,9 @@ func (s *Store) TokenRevoked(ctx context.Context, target, tokenID string) (bool,
 
 // ConsumerAcks implements lapse.Store.
 func (s *Store) ConsumerAcks(ctx context.Context, target string) (map[string]int64, error) {
+	if err := noNUL("target", target); err != nil {
+		return nil, err
+	}
 	c, err := s.reader()
 	if err != nil {
 		return nil, err

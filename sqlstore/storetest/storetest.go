@@ -31,6 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) lapse.Store) {
 		{"APIKey", apiKeyTests},
 		{"TokenFeed", tokenTests},
 		{"Update", updateTests},
+		{"Text", textTests},
 		{"Race", raceTests},
 	}
 	for _, g := range groups {
