@@ -21,11 +21,22 @@ const (
 	ERATELIMITED  = "rate_limited" // too many requests
 )
 
+// Reasons refine a code where a caller must tell one cause from the others
+// of the same code without reading the message. Like codes they are stable
+// and sent over the wire.
+const (
+	// ReasonAuditDegraded: the audit log cannot integrate, sign or publish
+	// its checkpoints, so no new approval or grant is made (EUNAVAILABLE).
+	// Revocations continue. Retry once the log has recovered.
+	ReasonAuditDegraded = "audit_degraded"
+)
+
 // Error is Lapse's application error. Message is safe to show to the caller;
 // Err is the internal cause, which is logged but never sent over the wire.
 type Error struct {
 	Code    string
 	Field   string // the offending input field, when Code is EINVALID or ETOOLARGE
+	Reason  string // a stable refinement of Code (the Reason constants), or ""
 	Message string
 	Err     error
 }
@@ -34,6 +45,9 @@ func (e *Error) Error() string {
 	s := e.Code
 	if e.Field != "" {
 		s += " (" + e.Field + ")"
+	}
+	if e.Reason != "" {
+		s += " [" + e.Reason + "]"
 	}
 	if e.Message != "" {
 		s += ": " + e.Message
@@ -79,6 +93,22 @@ func ErrorField(err error) string {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Field
+	}
+	return ""
+}
+
+// ErrorReason returns the reason of the first *Error in err's chain that
+// has one, or "".
+func ErrorReason(err error) string {
+	for err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			return ""
+		}
+		if e.Reason != "" {
+			return e.Reason
+		}
+		err = e.Err
 	}
 	return ""
 }

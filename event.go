@@ -39,6 +39,9 @@ const (
 	EventGrantRevoked         = "grant.revoked"
 	EventAPIKeyCreated        = "apikey.created"
 	EventAPIKeyRevoked        = "apikey.revoked"
+	// EventReceiptIssued records that the audit log signed a revocation
+	// receipt for a grant: a use of the signing key.
+	EventReceiptIssued = "receipt.issued"
 )
 
 // Channels through which an action arrived.

@@ -9,11 +9,12 @@ import (
 
 // Backend is the storage the audit log needs. sqlstore implements it next
 // to the events, which are written by the store's own transactions: the
-// Backend only adds the tree (leaf and node hashes) and the checkpoints.
+// Backend adds the tree (leaf and node hashes) and the checkpoints, and
+// appends the log's own acts (a receipt issued) as events.
 //
 // Every write is an insert of rows that never change, so a database role
 // that may only insert into (and read) the audit tables can run the
-// sequencer.
+// sequencer (docs/audit.md, "Database roles").
 type Backend interface {
 	NodeReader
 
@@ -34,6 +35,14 @@ type Backend interface {
 	// LatestCheckpoint returns the stored checkpoint with the largest size,
 	// or nil when there is none.
 	LatestCheckpoint(ctx context.Context) (*StoredCheckpoint, error)
+	// GrantEvent returns the newest event of type typ about grant, or nil
+	// when there is none. Receipts find a grant's grant.revoked entry with
+	// it, however long the grant's history is.
+	GrantEvent(ctx context.Context, grantID, typ string) (*lapse.Event, error)
+	// AppendEvent appends ev in a transaction of its own and sets ev.Seq,
+	// for what the log itself does (issuing a receipt is a use of the
+	// signing key, and is recorded like every other act).
+	AppendEvent(ctx context.Context, ev *lapse.Event) error
 	// Checkpoints returns every stored checkpoint, by size.
 	Checkpoints(ctx context.Context) ([]*StoredCheckpoint, error)
 	// Scan calls fn for each event with Seq > after (at most limit of

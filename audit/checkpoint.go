@@ -142,3 +142,32 @@ func openExact(msg []byte, v note.Verifier) (string, error) {
 	}
 	return n.Text, nil
 }
+
+// ErrForeignKey is wrapped by the error of Log.CheckKey when the store's
+// checkpoints were signed by another key than the log's: two replicas with
+// different keys, or a key replaced by mistake.
+var ErrForeignKey = errors.New("audit: the stored checkpoints are signed by another key")
+
+// noteSigner returns the key name and key hash of a signed note's first
+// signature line, without verifying it, to say which key a checkpoint that
+// does not open was signed with.
+func noteSigner(msg []byte) (name string, hash uint32, ok bool) {
+	i := bytes.LastIndex(msg, []byte("\n\n"))
+	if i < 0 {
+		return "", 0, false
+	}
+	line, _, _ := strings.Cut(string(msg[i+2:]), "\n")
+	rest, found := strings.CutPrefix(line, "— ")
+	if !found {
+		return "", 0, false
+	}
+	name, b64, found := strings.Cut(rest, " ")
+	if !found {
+		return "", 0, false
+	}
+	sig, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(sig) < 4 {
+		return "", 0, false
+	}
+	return name, uint32(sig[0])<<24 | uint32(sig[1])<<16 | uint32(sig[2])<<8 | uint32(sig[3]), true
+}

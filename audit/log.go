@@ -45,7 +45,18 @@ type Config struct {
 	// BatchSize is the most events integrated per store transaction.
 	// 0 = DefaultBatchSize.
 	BatchSize int
+	// SinkGrace is how long publishing to a sink may keep failing before
+	// the log reports itself degraded (Healthy), which stops new approvals
+	// and grants. Checkpoints are still signed and stored meanwhile. 0 =
+	// none: the first failed publication degrades the log.
+	SinkGrace time.Duration
 }
+
+// StallAfter is how long one round of integrating, signing and publishing
+// may run before Healthy reports the log degraded: a round that hangs (a
+// database that does not answer) must not leave new events unsigned while
+// approvals carry on as if nothing were wrong.
+const StallAfter = time.Minute
 
 // Log is the tamper-evident log over a Backend: the sequencer that
 // integrates committed events into the Merkle tree and signs checkpoints,
@@ -62,15 +73,27 @@ type Log struct {
 	log      *slog.Logger
 	interval time.Duration
 	batch    int
+	grace    time.Duration
 
 	mu          sync.Mutex     // one Sync at a time in this process
 	rng         *compact.Range // the tree as last integrated, or nil
 	unpublished []*Checkpoint  // signed but not yet accepted by every sink
 	published   uint64         // largest size every sink accepted
-	lastErr     error          // the last Sync's failure, for Status
-	lastSync    time.Time      // when Sync last succeeded
+	status      Status         // sizes as of the running Sync
 	wake        chan struct{}  // nudges Run
-	status      Status
+
+	// health is what Status and Healthy read. It has its own lock so that
+	// they answer at once while a Sync waits on a slow sink or database:
+	// the broker asks before every approval.
+	health struct {
+		sync.Mutex
+		status Status
+		err    error // the last round's failure
+		// sinkSince is when publishing started failing (zero while it
+		// succeeds); roundStarted when the running round began (zero
+		// between rounds).
+		sinkSince, roundStarted time.Time
+	}
 }
 
 // NewLog checks cfg and returns a Log.
@@ -99,7 +122,7 @@ func NewLog(cfg Config) (*Log, error) {
 	l := &Log{
 		b: cfg.Backend, signer: s, verifier: v, vkey: cfg.VerifierKey,
 		sinks: cfg.Sinks, clock: cfg.Clock, log: cfg.Logger,
-		interval: cfg.Interval, batch: cfg.BatchSize,
+		interval: cfg.Interval, batch: cfg.BatchSize, grace: max(cfg.SinkGrace, 0),
 		wake: make(chan struct{}, 1),
 	}
 	if l.clock == nil {
@@ -115,6 +138,33 @@ func NewLog(cfg Config) (*Log, error) {
 		l.batch = DefaultBatchSize
 	}
 	return l, nil
+}
+
+// CheckKey returns an error wrapping ErrForeignKey when the latest
+// checkpoint in the store was signed by another key than the log's. Replicas
+// must share one key: a replica with its own key would sign heads that the
+// others cannot open, and fail every round from then on. Servers call it at
+// start so the mistake stops the start, naming the key, instead of logging
+// errors forever. A stored checkpoint that names this log's key but does
+// not verify is not a key mix-up but tampering: CheckKey lets it pass, and
+// Sync (which then degrades the log) and Verify report it.
+func (l *Log) CheckKey(ctx context.Context) error {
+	st, err := l.b.LatestCheckpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: read latest checkpoint: %w", err)
+	}
+	if st == nil {
+		return nil
+	}
+	if _, err := OpenCheckpoint(st.Note, l.verifier); err == nil {
+		return nil
+	}
+	name, hash, ok := noteSigner(st.Note)
+	if !ok || name == l.verifier.Name() && hash == l.verifier.KeyHash() {
+		return nil
+	}
+	return fmt.Errorf("%w: the latest checkpoint in the store (tree size %d) is signed by key %s+%08x, but this log's key is %s+%08x",
+		ErrForeignKey, st.Size, name, hash, l.verifier.Name(), l.verifier.KeyHash())
 }
 
 // Origin returns the log's name, the first line of its checkpoints.
@@ -135,33 +185,55 @@ type Status struct {
 	Signed uint64 `json:"signed"`
 	// Unpublished counts checkpoints that some sink has not accepted yet.
 	Unpublished int `json:"unpublished"`
+	// SinkFailingSince is when publishing to a sink started failing; zero
+	// while every sink accepts.
+	SinkFailingSince time.Time `json:"sink_failing_since,omitzero"`
 	// Error is the last failure, empty when the last round succeeded.
 	Error string `json:"error,omitempty"`
 }
 
-// Status returns the state after the last Sync.
+// Status returns the state after the last Sync. It does not wait for a
+// Sync in progress.
 func (l *Log) Status() Status {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	st := l.status
-	st.Unpublished = len(l.unpublished)
-	if l.lastErr != nil {
-		st.Error = l.lastErr.Error()
+	l.health.Lock()
+	defer l.health.Unlock()
+	st := l.health.status
+	st.SinkFailingSince = l.health.sinkSince
+	if l.health.err != nil {
+		st.Error = l.health.err.Error()
 	}
 	return st
 }
 
-// Healthy returns EUNAVAILABLE when the last round failed or a sink has
-// not accepted the latest checkpoint: the log is degraded. Events are still
-// written durably with every state change; they are integrated and signed
-// when the cause is gone.
+// Healthy returns nil while the log is keeping up, and otherwise an
+// EUNAVAILABLE error with reason lapse.ReasonAuditDegraded whose message
+// (safe to show) says why; the cause is in its Err. The log is degraded when
+//
+//   - the last round could not integrate or sign the new events;
+//   - publishing to a sink has been failing for longer than SinkGrace;
+//   - a round has been running for longer than StallAfter.
+//
+// Events are still written durably with every state change meanwhile;
+// they are integrated, signed and published when the cause is gone. It
+// does not wait for a Sync in progress.
 func (l *Log) Healthy() error {
-	st := l.Status()
+	now := l.clock.Now()
+	l.health.Lock()
+	err, since, started := l.health.err, l.health.sinkSince, l.health.roundStarted
+	unpublished := l.health.status.Unpublished
+	l.health.Unlock()
+	degraded := func(cause error, format string, args ...any) error {
+		return &lapse.Error{Code: lapse.EUNAVAILABLE, Reason: lapse.ReasonAuditDegraded,
+			Message: "audit log degraded: " + fmt.Sprintf(format, args...), Err: cause}
+	}
+	var pe *publishError
 	switch {
-	case st.Error != "":
-		return lapse.Errorf(lapse.EUNAVAILABLE, "audit log degraded: %s", st.Error)
-	case st.Unpublished > 0:
-		return lapse.Errorf(lapse.EUNAVAILABLE, "audit log degraded: %d checkpoints not yet published to every sink", st.Unpublished)
+	case !started.IsZero() && now.Sub(started) >= StallAfter:
+		return degraded(nil, "a round of integrating and signing has not finished for %s", now.Sub(started).Round(time.Second))
+	case err != nil && !errors.As(err, &pe):
+		return degraded(err, "cannot integrate or sign new events")
+	case unpublished > 0 && !since.IsZero() && now.Sub(since) >= l.grace:
+		return degraded(err, "%d checkpoints not published to every sink for %s", unpublished, now.Sub(since).Round(time.Second))
 	}
 	return nil
 }
@@ -209,10 +281,34 @@ func (l *Log) Nudge() {
 func (l *Log) Sync(ctx context.Context) (*Checkpoint, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.health.Lock()
+	l.health.roundStarted = l.clock.Now()
+	l.health.Unlock()
 	cp, err := l.sync(ctx)
-	l.lastErr = err
+	l.health.Lock()
+	defer l.health.Unlock()
+	l.health.roundStarted = time.Time{}
+	l.health.status = l.status
+	l.health.status.Unpublished = len(l.unpublished)
+	l.health.err = err
+	var pe *publishError
+	switch {
+	case errors.As(err, &pe):
+		if l.health.sinkSince.IsZero() {
+			l.health.sinkSince = l.clock.Now()
+		}
+	case err == nil:
+		l.health.sinkSince = time.Time{}
+	}
 	return cp, err
 }
+
+// publishError is a sink's refusal, told apart from a failure to integrate
+// or sign: only the latter degrades the log at once (see Healthy).
+type publishError struct{ err error }
+
+func (e *publishError) Error() string { return e.err.Error() }
+func (e *publishError) Unwrap() error { return e.err }
 
 func (l *Log) sync(ctx context.Context) (*Checkpoint, error) {
 	size, err := l.integrate(ctx)
@@ -263,7 +359,7 @@ func (l *Log) publish(ctx context.Context) error {
 		cp := l.unpublished[0]
 		for _, s := range l.sinks {
 			if err := s.Publish(ctx, cp); err != nil {
-				return fmt.Errorf("publish checkpoint %d to %s: %w", cp.Size, s, err)
+				return &publishError{fmt.Errorf("publish checkpoint %d to %s: %w", cp.Size, s, err)}
 			}
 		}
 		l.published = cp.Size

@@ -95,23 +95,26 @@ type ReceiptLog struct {
 }
 
 // Receipt signs the revocation receipt of g, which must be revoked and
-// carry its checkpoints and events (as lapse.Service.GetGrant returns it).
-// If the grant.revoked entry is not yet under a signed checkpoint, Receipt
-// runs a Sync first.
-// Returns ECONFLICT if g is not revoked.
+// carry its checkpoints (as lapse.Service.GetGrant returns it). Its
+// grant.revoked entry is looked up in the store, not in g.Events, which
+// holds only the first page of a long history. If that entry is not yet
+// under a signed checkpoint, Receipt runs a Sync first. Issuing the receipt
+// is recorded as a receipt.issued event (the caller in ctx is its actor);
+// a receipt that cannot be recorded is not issued.
+// Returns ECONFLICT if g is not revoked or has no grant.revoked entry,
+// EUNAVAILABLE if the entry cannot be signed or the issue recorded now.
 func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
 	if g.State != lapse.GrantRevoked {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s is %s: a receipt exists only once revocation is verified", g.ID, g.State)
 	}
-	var seq int64
-	for _, ev := range g.Events {
-		if ev.Type == lapse.EventGrantRevoked && ev.GrantID == g.ID {
-			seq = ev.Seq
-		}
+	stored, err := l.b.GrantEvent(ctx, g.ID, lapse.EventGrantRevoked)
+	if err != nil {
+		return nil, err
 	}
-	if seq == 0 {
+	if stored == nil {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s has no %s entry", g.ID, lapse.EventGrantRevoked)
 	}
+	seq := stored.Seq
 	cp, err := l.Latest(ctx)
 	if lapse.ErrorCode(err) == lapse.ENOTFOUND || err == nil && cp.Size < uint64(seq) {
 		if cp, err = l.Sync(ctx); err == nil && (cp == nil || cp.Size < uint64(seq)) {
@@ -121,35 +124,29 @@ func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	evs, err := l.b.Events(ctx, seq-1, 1)
+	leaf := EncodeLeaf(stored)
+	hashes, err := l.b.Nodes(ctx, []compact.NodeID{compact.NewNodeID(0, uint64(seq-1))})
 	if err != nil {
 		return nil, err
 	}
-	if len(evs) != 1 || evs[0].Seq != seq {
-		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: entry %d is missing", seq)
-	}
-	leaf := EncodeLeaf(evs[0])
-	stored, err := l.b.Nodes(ctx, []compact.NodeID{compact.NewNodeID(0, uint64(seq-1))})
-	if err != nil {
-		return nil, err
-	}
-	if !bytes.Equal(stored[0], LeafHash(leaf)) {
+	if !bytes.Equal(hashes[0], LeafHash(leaf)) {
 		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: entry %d does not match its leaf hash; run lapse audit verify", seq)
 	}
 	proof, err := inclusionProof(ctx, l.b, uint64(seq-1), cp.Size)
 	if err != nil {
 		return nil, lapse.Internal("audit: inclusion proof", err)
 	}
-	if err := VerifyInclusion(uint64(seq-1), cp.Size, stored[0], proof, cp.Root); err != nil {
+	if err := VerifyInclusion(uint64(seq-1), cp.Size, hashes[0], proof, cp.Root); err != nil {
 		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: the stored tree does not prove entry %d; run lapse audit verify", seq)
 	}
 	ev, err := ParseLeaf(leaf)
 	if err != nil {
 		return nil, lapse.Internal("audit: decode leaf", err)
 	}
+	now := l.clock.Now()
 	rc := Receipt{
 		Format:   ReceiptFormat,
-		IssuedAt: l.clock.Now().UTC(),
+		IssuedAt: now.UTC(),
 		Grant: ReceiptGrant{
 			ID: g.ID, RequestID: g.RequestID, Principal: g.Principal, Entitlement: g.Entitlement,
 			Target: g.Target, TaskID: g.TaskID, State: g.State, EndReason: g.EndReason,
@@ -166,7 +163,27 @@ func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
 	if rc.Checkpoints == nil {
 		rc.Checkpoints = []*lapse.Checkpoint{}
 	}
-	return signReceipt(l.signer, &rc)
+	file, err := signReceipt(l.signer, &rc)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.b.AppendEvent(ctx, receiptEvent(ctx, g, seq, cp.Size, now)); err != nil {
+		return nil, &lapse.Error{Code: lapse.EUNAVAILABLE, Message: "the receipt could not be recorded in the audit log, so it was not issued; try again", Err: err}
+	}
+	return file, nil
+}
+
+// receiptEvent records the issue of a receipt: which grant, which entry it
+// proves and against which tree size. The receipt itself is not logged (it
+// can be fetched again) and holds no secret anyway.
+func receiptEvent(ctx context.Context, g *lapse.Grant, seq int64, size uint64, now time.Time) *lapse.Event {
+	ev := &lapse.Event{Time: now, Type: lapse.EventReceiptIssued, ActorID: "lapse", Channel: lapse.ChannelSystem,
+		RequestID: g.RequestID, GrantID: g.ID, Outcome: "issued"}
+	if p := lapse.FromContext(ctx); p != nil {
+		ev.ActorID, ev.ActorKind, ev.Channel = p.ID, p.Kind, lapse.ChannelFrom(ctx)
+	}
+	ev.Data, _ = json.Marshal(map[string]any{"revoked_seq": seq, "tree_size": size}) // integers always encode
+	return ev
 }
 
 // timings computes a grant's residual window.

@@ -39,6 +39,15 @@ type Config struct {
 	SealingKey []byte            // 32 bytes, AES-256-GCM
 	Engine     EngineConfig
 	Registerer prometheus.Registerer // nil = no metrics registered
+	// AuditGate, when set, is asked before every new approval and every
+	// new privilege: while it returns an error (the audit log cannot
+	// integrate, sign or publish), approvals, auto-approved requests and
+	// provisioning fail with EUNAVAILABLE and reason
+	// lapse.ReasonAuditDegraded. Filing and denying requests, releases,
+	// revocations, deadlines and retries carry on; their events are
+	// stored with them and signed when the log recovers. nil = always
+	// open. See auditgate.go.
+	AuditGate func(ctx context.Context) error
 }
 
 // Target is one configured connector instance.
@@ -123,6 +132,9 @@ type Broker struct {
 	cfg        EngineConfig
 	metrics    *metrics
 
+	// auditGate is Config.AuditGate.
+	auditGate func(ctx context.Context) error
+
 	// wake nudges the engine loop (a grant became due now).
 	wake chan struct{}
 	// running is set while Run is active, for readiness.
@@ -160,18 +172,22 @@ func New(cfg Config) (*Broker, error) {
 	}
 	cfg.Engine.setDefaults()
 	b := &Broker{
-		store:   cfg.Store,
-		clock:   cfg.Clock,
-		log:     cfg.Logger,
-		targets: make(map[string]*target, len(cfg.Targets)),
-		sealer:  s,
-		cfg:     cfg.Engine,
-		wake:    make(chan struct{}, 1),
-		waiters: make(map[string][]chan struct{}),
+		store:     cfg.Store,
+		clock:     cfg.Clock,
+		log:       cfg.Logger,
+		targets:   make(map[string]*target, len(cfg.Targets)),
+		sealer:    s,
+		cfg:       cfg.Engine,
+		auditGate: cfg.AuditGate,
+		wake:      make(chan struct{}, 1),
+		waiters:   make(map[string][]chan struct{}),
 	}
 	for name, t := range cfg.Targets {
 		if t.Connector == nil {
 			return nil, fmt.Errorf("broker: target %s has no connector", name)
+		}
+		if b.auditGate != nil {
+			t.Connector = &gatedConnector{Connector: t.Connector, b: b}
 		}
 		b.targets[name] = newTarget(name, t, b.cfg)
 	}

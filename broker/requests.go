@@ -162,6 +162,13 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 	if err != nil {
 		return nil, err
 	}
+	if e.Approval.Auto {
+		// Deciding and granting at once: refused whole, nothing stored,
+		// while the audit log cannot record it under a signature.
+		if err := b.auditOpen(ctx); err != nil {
+			return nil, err
+		}
+	}
 
 	now := b.clock.Now()
 	pending := e.PendingTimeout.D()
@@ -369,6 +376,14 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 	}
 	if err := checkText("comment", in.Comment, lapse.MaxCommentLength); err != nil {
 		return nil, err
+	}
+	if d == lapse.DecisionApprove {
+		// Every approval vote, not only the one that reaches quorum: an
+		// approval is itself a decision the log must be able to record.
+		// Denials stay possible, as they take privilege away.
+		if err := b.auditOpen(ctx); err != nil {
+			return nil, err
+		}
 	}
 	var (
 		out     *lapse.Request

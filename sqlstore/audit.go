@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -91,6 +92,35 @@ func (a *AuditLog) Events(ctx context.Context, after int64, limit int) ([]*lapse
 		return nil, a.s.classify("audit: read events", err)
 	}
 	return out, nil
+}
+
+// GrantEvent implements audit.Backend. The events_grant index serves it,
+// newest first.
+func (a *AuditLog) GrantEvent(ctx context.Context, grantID, typ string) (*lapse.Event, error) {
+	if err := noNUL("grant_id", grantID); err != nil {
+		return nil, err
+	}
+	if err := noNUL("type", typ); err != nil {
+		return nil, err
+	}
+	db, err := a.reader()
+	if err != nil {
+		return nil, err
+	}
+	ev, err := scanEvent(db.QueryRowContext(ctx, a.q("SELECT "+auditEventCols+" FROM events WHERE grant_id = ? AND event_type = ? ORDER BY seq DESC LIMIT 1"), grantID, typ))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, a.s.classify("audit: find grant event", err)
+	}
+	return ev, nil
+}
+
+// AppendEvent implements audit.Backend, through the store's own
+// transaction so the sequence stays gap-free.
+func (a *AuditLog) AppendEvent(ctx context.Context, ev *lapse.Event) error {
+	return a.s.Update(ctx, func(tx lapse.Tx) error { return tx.AppendEvent(ctx, ev) })
 }
 
 // Integrate implements audit.Backend. On PostgreSQL two sequencers that

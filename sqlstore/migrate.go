@@ -98,6 +98,37 @@ func SchemaVersion() int {
 	return len(ms)
 }
 
+// schema migrates the database, or checks that it needs no migration.
+func (s *Store) schema(ctx context.Context, opts Options) error {
+	if opts.SkipMigrations {
+		return s.checkSchema(ctx)
+	}
+	return s.migrate(ctx)
+}
+
+// checkSchema returns EUNAVAILABLE unless the database is at exactly this
+// build's schema version: a server that may not migrate must not run on a
+// schema that lacks what it needs, nor on one a newer build changed.
+func (s *Store) checkSchema(ctx context.Context) error {
+	want := SchemaVersion()
+	var have sql.NullInt64
+	err := s.w.QueryRowContext(ctx, "SELECT MAX(version) FROM schema_migrations").Scan(&have)
+	if err != nil && isUnavailable(err) {
+		return s.classify("check schema", err)
+	}
+	switch {
+	case err != nil || have.Int64 < int64(want):
+		// A missing table is the same story as an old schema: an
+		// error reading it is not worth telling apart.
+		return &lapse.Error{Code: lapse.EUNAVAILABLE, Err: err, Message: fmt.Sprintf(
+			"the database schema is at version %d, this build needs %d: apply the migrations as the schema's owner (lapse admin migrate)", have.Int64, want)}
+	case have.Int64 > int64(want):
+		return lapse.Errorf(lapse.EINTERNAL,
+			"the database schema is at version %d, newer than this build of Lapse supports (%d)", have.Int64, want)
+	}
+	return nil
+}
+
 // migrate applies pending migrations in one transaction. On PostgreSQL it
 // holds an advisory lock, so a second replica waits and then finds nothing
 // left to do. It refuses a database whose schema is newer than this build.

@@ -115,7 +115,23 @@ type Store struct {
 
 var _ lapse.Store = (*Store)(nil)
 
-// Open opens a store and applies pending migrations.
+// Options tune OpenWith. The zero value is what Open does.
+type Options struct {
+	// SkipMigrations makes the store check that the schema is current
+	// instead of applying migrations: for a database role that may not
+	// change the schema, while migrations run as the schema's owner
+	// (Migrate, or `lapse admin migrate`). See docs/audit.md, "Database
+	// roles".
+	SkipMigrations bool
+}
+
+// Open opens a store and applies pending migrations; see OpenWith.
+func Open(ctx context.Context, driver, dsn string) (*Store, error) {
+	return OpenWith(ctx, driver, dsn, Options{})
+}
+
+// OpenWith opens a store and applies pending migrations, or with
+// opts.SkipMigrations only checks that none is pending.
 //
 // For driver "sqlite" dsn is a file path or a "file:" URI. Open sets, unless
 // the URI already sets them: busy_timeout, journal_mode=WAL, foreign_keys=ON
@@ -130,17 +146,18 @@ var _ lapse.Store = (*Store)(nil)
 // For driver "postgres" dsn is a libpq key/value string or a postgres:// URL.
 //
 // Returns EINVALID for an unknown driver or a DSN that cannot be parsed,
-// EUNAVAILABLE if the database cannot be reached, EINTERNAL if migrations fail.
-func Open(ctx context.Context, driver, dsn string) (*Store, error) {
+// EUNAVAILABLE if the database cannot be reached or (SkipMigrations) its
+// schema is behind this build, EINTERNAL if migrations fail.
+func OpenWith(ctx context.Context, driver, dsn string, opts Options) (*Store, error) {
 	s := &Store{driver: driver, dyn: make(map[string]string)}
 	var err error
 	switch driver {
 	case DriverSQLite:
 		s.d = sqliteDialect
-		err = s.openSQLite(ctx, dsn)
+		err = s.openSQLite(ctx, dsn, opts)
 	case DriverPostgres:
 		s.d = postgresDialect
-		err = s.openPostgres(ctx, dsn)
+		err = s.openPostgres(ctx, dsn, opts)
 	default:
 		return nil, lapse.FieldErrorf(lapse.EINVALID, "driver", "unknown store driver %q (want sqlite or postgres)", driver)
 	}
@@ -151,7 +168,7 @@ func Open(ctx context.Context, driver, dsn string) (*Store, error) {
 	return s, nil
 }
 
-func (s *Store) openSQLite(ctx context.Context, dsn string) error {
+func (s *Store) openSQLite(ctx context.Context, dsn string, opts Options) error {
 	wdsn, rdsn, err := sqliteDSNs(dsn)
 	if err != nil {
 		return err
@@ -169,7 +186,7 @@ func (s *Store) openSQLite(ctx context.Context, dsn string) error {
 	if err := s.w.PingContext(ctx); err != nil {
 		return s.classify("sqlite: open", err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	if err := s.schema(ctx, opts); err != nil {
 		return err
 	}
 	// Readers open after the writer so that the database file exists and is
@@ -274,7 +291,7 @@ func sqliteDSNs(dsn string) (writer, reader string, err error) {
 	return writer, reader, nil
 }
 
-func (s *Store) openPostgres(ctx context.Context, dsn string) error {
+func (s *Store) openPostgres(ctx context.Context, dsn string, opts Options) error {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		// The parse error can quote the DSN, which may hold a password.
@@ -288,7 +305,7 @@ func (s *Store) openPostgres(ctx context.Context, dsn string) error {
 	if err := s.w.PingContext(ctx); err != nil {
 		return s.classify("postgres: connect", err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	if err := s.schema(ctx, opts); err != nil {
 		return err
 	}
 	return s.prepare(ctx)
