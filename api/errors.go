@@ -39,17 +39,19 @@ func StatusCode(code string) int {
 }
 
 // ErrorBody is the JSON body of every error response:
-// {"error":{"code":"...","message":"...","field":"..."}}.
+// {"error":{"code":"...","message":"...","field":"...","reason":"..."}}.
 type ErrorBody struct {
 	Error ErrorDetail `json:"error"`
 }
 
 // ErrorDetail is the inside of ErrorBody. Message is safe to show; Field
-// names the offending input, when there is one.
+// names the offending input, when there is one; Reason is a stable
+// refinement of Code (lapse.ReasonAuditDegraded), when there is one.
 type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 // unauthorizedBody is the single answer to every authentication failure —
@@ -82,12 +84,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		Code:    code,
 		Message: lapse.ErrorMessage(err),
 		Field:   lapse.ErrorField(err),
+		Reason:  lapse.ErrorReason(err),
 	}}
 	if status == http.StatusInternalServerError {
 		// Whatever the error said, the caller learns only that it failed.
-		body.Error.Code = lapse.EINTERNAL
-		body.Error.Message = "internal error"
-		body.Error.Field = ""
+		body.Error = ErrorDetail{Code: lapse.EINTERNAL, Message: "internal error"}
 	}
 	writeJSON(w, status, &body)
 }

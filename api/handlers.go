@@ -53,32 +53,72 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	}
 }
 
+// healthBody is the liveness answer. Degraded, when set, is a safe message
+// saying why the server refuses new approvals and grants while it keeps
+// revoking (the audit log cannot sign or publish).
+type healthBody struct {
+	Status   string `json:"status"`
+	Degraded string `json:"degraded,omitempty"`
+}
+
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	body := healthBody{Status: "ok"}
+	if msg := s.degraded(r); msg != "" {
+		body = healthBody{Status: "degraded", Degraded: msg}
+	}
+	writeJSON(w, http.StatusOK, body)
 	return nil
 }
 
 // readyBody is the readiness answer; Error is a safe message, the cause is
 // logged.
 type readyBody struct {
-	Status string `json:"status"`
-	Error  string `json:"error,omitempty"`
+	Status   string `json:"status"`
+	Error    string `json:"error,omitempty"`
+	Degraded string `json:"degraded,omitempty"`
 }
 
+// readyz answers 503 only when the server cannot serve at all. A degraded
+// server stays ready (200, status "degraded"): it must keep answering
+// releases and revocations, and a load balancer that took every replica out
+// because the shared audit sink is down would stop exactly those.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	if s.Ready != nil {
 		if err := s.Ready(r.Context()); err != nil {
 			s.logger().WarnContext(r.Context(), "not ready", "request_id", w.Header().Get(headerRequestID), "error", err.Error())
-			msg := "not ready"
-			if e, ok := errors.AsType[*lapse.Error](err); ok && e.Message != "" && e.Code != lapse.EINTERNAL {
-				msg = e.Message
-			}
-			writeJSON(w, http.StatusServiceUnavailable, readyBody{Status: "unavailable", Error: msg})
+			writeJSON(w, http.StatusServiceUnavailable, readyBody{Status: "unavailable", Error: safeMessage(err, "not ready")})
 			return nil
 		}
 	}
+	if msg := s.degraded(r); msg != "" {
+		writeJSON(w, http.StatusOK, readyBody{Status: "degraded", Degraded: msg})
+		return nil
+	}
 	writeJSON(w, http.StatusOK, readyBody{Status: "ready"})
 	return nil
+}
+
+// degraded returns why the server is degraded, as a safe message, or "".
+// The cause is logged, never sent.
+func (s *Server) degraded(r *http.Request) string {
+	if s.Degraded == nil {
+		return ""
+	}
+	err := s.Degraded(r.Context())
+	if err == nil {
+		return ""
+	}
+	s.logger().WarnContext(r.Context(), "degraded", "error", err.Error())
+	return safeMessage(err, "degraded")
+}
+
+// safeMessage returns the message of err's *lapse.Error when it is safe to
+// send (not an internal error), else fallback.
+func safeMessage(err error, fallback string) string {
+	if e, ok := errors.AsType[*lapse.Error](err); ok && e.Message != "" && e.Code != lapse.EINTERNAL {
+		return e.Message
+	}
+	return fallback
 }
 
 func (s *Server) openapi(w http.ResponseWriter, r *http.Request) error {

@@ -66,6 +66,10 @@ type Server struct {
 	// Ready reports whether the server can serve (store reachable, engine
 	// running); nil means always ready.
 	Ready func(context.Context) error
+	// Degraded reports why the server refuses new approvals and grants
+	// while still serving (the audit log cannot sign or publish); health
+	// and readiness then say "degraded". nil means never degraded.
+	Degraded func(context.Context) error
 	// Logger receives one line per request; nil discards.
 	Logger *slog.Logger
 	// Audit serves checkpoints, proofs and receipts; nil answers 503.

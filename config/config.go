@@ -100,6 +100,11 @@ type Store struct {
 	// string or URL for PostgreSQL. It may hold a password, so it is a
 	// secret reference.
 	DSN lapse.SecretRef
+	// SkipMigrations makes the server check that the schema is current
+	// instead of migrating it: for a database role that may not change the
+	// schema (docs/audit.md, "Database roles"). Migrations then run as the
+	// schema's owner with `lapse admin migrate`.
+	SkipMigrations bool
 }
 
 // Engine tunes the lifecycle engine. Zero values mean the engine's own
@@ -128,6 +133,10 @@ type Audit struct {
 	// Interval is how often new events are integrated and signed; 0 means
 	// the log's default (1s).
 	Interval time.Duration
+	// SinkGrace is how long publishing checkpoints to a sink may keep
+	// failing before the log counts as degraded and new approvals and
+	// grants stop; 0 means at once.
+	SinkGrace time.Duration
 }
 
 // Target is one connector instance.
@@ -171,8 +180,9 @@ type rawLog struct {
 }
 
 type rawStore struct {
-	Driver string          `yaml:"driver"`
-	DSN    lapse.SecretRef `yaml:"dsn"`
+	Driver         string          `yaml:"driver"`
+	DSN            lapse.SecretRef `yaml:"dsn"`
+	SkipMigrations bool            `yaml:"skip_migrations"`
 }
 
 type rawEngine struct {
@@ -190,6 +200,7 @@ type rawAudit struct {
 	CheckpointDir  string         `yaml:"checkpoint_dir"`
 	CheckpointURL  string         `yaml:"checkpoint_url"`
 	Interval       lapse.Duration `yaml:"interval"`
+	SinkGrace      lapse.Duration `yaml:"sink_grace"`
 }
 
 type rawTarget struct {
@@ -401,7 +412,7 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 		v.errorf(path("log", "format"), "must be json or text")
 	}
 
-	c.Store = Store{Driver: raw.Store.Driver, DSN: raw.Store.DSN}
+	c.Store = Store{Driver: raw.Store.Driver, DSN: raw.Store.DSN, SkipMigrations: raw.Store.SkipMigrations}
 	switch c.Store.Driver {
 	case "":
 		c.Store.Driver = DefaultStoreDriver
@@ -431,6 +442,7 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 		CheckpointDir:  rel(raw.Audit.CheckpointDir),
 		CheckpointURL:  raw.Audit.CheckpointURL,
 		Interval:       time.Duration(raw.Audit.Interval),
+		SinkGrace:      time.Duration(raw.Audit.SinkGrace),
 	}
 	if c.Audit.SigningKeyFile == "" {
 		c.Audit.SigningKeyFile = filepath.Join(c.DataDir, DefaultAuditKeyFile)
@@ -445,6 +457,9 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 	}
 	if c.Audit.Interval < 0 || c.Audit.Interval > time.Hour {
 		v.errorf(path("audit", "interval"), "must be between 0 (the default, 1s) and 1h")
+	}
+	if c.Audit.SinkGrace < 0 || c.Audit.SinkGrace > 24*time.Hour {
+		v.errorf(path("audit", "sink_grace"), "must be between 0 (degraded at the first failed publication) and 24h")
 	}
 
 	names := make([]string, 0, len(raw.Targets))

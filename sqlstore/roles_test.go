@@ -2,16 +2,12 @@ package sqlstore_test
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"errors"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/lapsehq/lapse"
@@ -21,159 +17,40 @@ import (
 	"github.com/lapsehq/lapse/sqlstore/storetest"
 )
 
-// roles is a test database owned by a schema-owner role, plus a server
-// role that GrantServerRole set up: the insert-only setup of docs/audit.md.
-type roles struct {
-	dsn           string // the database, as the test's superuser
-	owner, server string // role names
-	ownerDSN      string
-	serverDSN     string
-	password      string
-}
+// roles is sqltest.Roles with the steps of the documented setup.
+type roles struct{ *sqltest.Roles }
 
-// newRoles creates two login roles with random names (roles are global to
-// the cluster, so names must not collide with parallel tests), a database
-// owned by the first, and drops all of it at cleanup.
-func newRoles(t *testing.T) *roles {
-	t.Helper()
-	suffix := randomHex(t)
-	r := &roles{owner: "lapse_owner_" + suffix, server: "lapse_server_" + suffix, password: randomHex(t)}
-	base := sqltest.PostgresDSN(t) // skips or fails loudly without PostgreSQL
-	db := dbName(t, base)
-	r.dsn = withMaintenanceDB(base)
-	admin := rawDB(t, base)
-	ctx := context.Background()
-	t.Cleanup(func() {
-		// A role that owns objects cannot be dropped, and this runs before
-		// sqltest's own cleanup (last in, first out): drop the database
-		// here first.
-		a, err := sql.Open("pgx", r.dsn)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer a.Close()
-		if _, err := a.Exec("DROP DATABASE IF EXISTS " + db + " WITH (FORCE)"); err != nil {
-			t.Errorf("drop database %s: %v", db, err)
-		}
-		for _, role := range []string{r.server, r.owner} {
-			if _, err := a.Exec("DROP ROLE IF EXISTS " + role); err != nil {
-				t.Errorf("drop role %s: %v", role, err)
-			}
-		}
-	})
-	for _, role := range []string{r.owner, r.server} {
-		if _, err := admin.ExecContext(ctx, "CREATE ROLE "+role+" LOGIN PASSWORD '"+r.password+"'"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The database was made by the test's superuser; hand it to the
-	// owner, with the public schema (PostgreSQL 15: owned by the database
-	// owner). Older servers let every role create in public: take that
-	// away, as docs/audit.md says.
-	for _, q := range []string{
-		"ALTER DATABASE " + db + " OWNER TO " + r.owner,
-		"ALTER SCHEMA public OWNER TO " + r.owner,
-		"REVOKE CREATE ON SCHEMA public FROM PUBLIC",
-	} {
-		if _, err := admin.ExecContext(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	r.ownerDSN = withUser(base, r.owner, r.password)
-	r.serverDSN = withUser(base, r.server, r.password)
-	return r
-}
-
-func randomHex(t *testing.T) string {
-	t.Helper()
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b[:])
-}
-
-func rawDB(t *testing.T, dsn string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.SetMaxOpenConns(1)
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
-func dbName(t *testing.T, dsn string) string {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg.Database
-}
-
-// withUser returns dsn connecting as user (and password, which trust
-// authentication ignores).
-func withUser(dsn, user, password string) string {
-	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		u.User = url.UserPassword(user, password)
-		return u.String()
-	}
-	return dsn + " user=" + user + " password=" + password
-}
-
-// withSchema returns dsn using schema first.
-func withSchema(dsn, schema string) string {
-	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		q := u.Query()
-		q.Set("search_path", schema)
-		u.RawQuery = q.Encode()
-		return u.String()
-	}
-	return dsn + " search_path=" + schema
-}
-
-// withMaintenanceDB returns dsn on the postgres database, from which the
-// test database's roles can be dropped once it is gone.
-func withMaintenanceDB(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		u.Path = "/postgres"
-		return u.String()
-	}
-	return dsn + " dbname=postgres"
-}
+func newRoles(t *testing.T) roles { return roles{sqltest.PostgresRoles(t)} }
 
 // migrateAsOwner applies the migrations as the owner in schema and grants
 // the server role its privileges there.
-func (r *roles) migrateAsOwner(t *testing.T, schema string) {
+func (r roles) migrateAsOwner(t *testing.T, schema string) {
 	t.Helper()
 	ctx := context.Background()
-	dsn := r.ownerDSN
+	dsn := r.OwnerDSN
 	if schema != "" {
-		owner := rawDB(t, r.ownerDSN)
+		owner := sqltest.OpenRaw(t, r.OwnerDSN)
 		if _, err := owner.ExecContext(ctx, "CREATE SCHEMA "+schema); err != nil {
 			t.Fatal(err)
 		}
-		dsn = withSchema(dsn, schema)
+		dsn = sqltest.WithSchema(dsn, schema)
 	}
 	s, err := sqlstore.Open(ctx, sqlstore.DriverPostgres, dsn)
 	if err != nil {
 		t.Fatalf("migrate as the owner: %v", err)
 	}
 	defer s.Close()
-	if err := s.GrantServerRole(ctx, r.server); err != nil {
+	if err := s.GrantServerRole(ctx, r.Server); err != nil {
 		t.Fatalf("grant the server role: %v", err)
 	}
 }
 
 // openAsServer opens the store as the server role, without migrating.
-func (r *roles) openAsServer(t *testing.T, schema string) *sqlstore.Store {
+func (r roles) openAsServer(t *testing.T, schema string) *sqlstore.Store {
 	t.Helper()
-	dsn := r.serverDSN
+	dsn := r.ServerDSN
 	if schema != "" {
-		dsn = withSchema(dsn, schema)
+		dsn = sqltest.WithSchema(dsn, schema)
 	}
 	s, err := sqlstore.OpenWith(context.Background(), sqlstore.DriverPostgres, dsn, sqlstore.Options{SkipMigrations: true})
 	if err != nil {
@@ -202,11 +79,11 @@ func TestServerRoleIsInsertOnlyOnAuditTables(t *testing.T) {
 
 	// Before migrating, the server role cannot create the schema itself,
 	// and a server that only checks the schema says what to do.
-	if s, err := sqlstore.Open(ctx, sqlstore.DriverPostgres, r.serverDSN); err == nil {
+	if s, err := sqlstore.Open(ctx, sqlstore.DriverPostgres, r.ServerDSN); err == nil {
 		s.Close()
 		t.Fatal("the server role could migrate (create tables)")
 	}
-	_, err := sqlstore.OpenWith(ctx, sqlstore.DriverPostgres, r.serverDSN, sqlstore.Options{SkipMigrations: true})
+	_, err := sqlstore.OpenWith(ctx, sqlstore.DriverPostgres, r.ServerDSN, sqlstore.Options{SkipMigrations: true})
 	if lapse.ErrorCode(err) != lapse.EUNAVAILABLE || !strings.Contains(lapse.ErrorMessage(err), "lapse admin migrate") {
 		t.Fatalf("open an unmigrated schema without migrating: %v", err)
 	}
@@ -313,7 +190,7 @@ func TestServerRoleIsInsertOnlyOnAuditTables(t *testing.T) {
 
 	// What the role cannot do: rewrite or remove audit rows, or the
 	// approvals and token feed, however it connects.
-	raw := rawDB(t, r.serverDSN)
+	raw := sqltest.OpenRaw(t, r.ServerDSN)
 	for _, table := range sqlstore.AuditTables {
 		wantRefused(t, raw, "DELETE FROM "+table)
 		wantRefused(t, raw, "TRUNCATE "+table)
@@ -329,7 +206,7 @@ func TestServerRoleIsInsertOnlyOnAuditTables(t *testing.T) {
 	wantRefused(t, raw, "CREATE TABLE mine (x INT)")
 	// Nor can it give itself more: it owns nothing, so PostgreSQL grants
 	// nothing (with a warning, not an error).
-	_, _ = raw.Exec("GRANT UPDATE, DELETE ON events TO " + r.server)
+	_, _ = raw.Exec("GRANT UPDATE, DELETE ON events TO " + r.Server)
 	wantRefused(t, raw, "UPDATE events SET outcome = 'forged'")
 	wantRefused(t, raw, "DELETE FROM events")
 	if rep, err := audit.Verify(ctx, s.Audit(), audit.VerifyOptions{Verifier: v}); err != nil || !rep.OK() {
@@ -343,7 +220,7 @@ func TestServerRoleIsInsertOnlyOnAuditTables(t *testing.T) {
 func TestServerRoleConformance(t *testing.T) {
 	r := newRoles(t)
 	storetest.Run(t, func(t *testing.T) lapse.Store {
-		schema := "lapse_test_" + randomHex(t)
+		schema := "lapse_test_" + strings.ToLower(lapse.NewID("s", time.Now())[2:14])
 		r.migrateAsOwner(t, schema)
 		return r.openAsServer(t, schema)
 	})

@@ -159,11 +159,12 @@ func responseError(resp *http.Response) error {
 			Code    string `json:"code"`
 			Message string `json:"message"`
 			Field   string `json:"field"`
+			Reason  string `json:"reason"`
 		} `json:"error"`
 	}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(data, &body) == nil && body.Error.Code != "" {
-		return &lapse.Error{Code: body.Error.Code, Field: body.Error.Field, Message: body.Error.Message}
+		return &lapse.Error{Code: body.Error.Code, Field: body.Error.Field, Reason: body.Error.Reason, Message: body.Error.Message}
 	}
 	return &lapse.Error{Code: codeForStatus(resp.StatusCode), Message: fmt.Sprintf("unexpected HTTP status %d from the lapse server", resp.StatusCode)}
 }
@@ -444,7 +445,8 @@ func (c *Client) Ready(ctx context.Context) error {
 	}
 	decErr := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body)
 	switch {
-	case resp.StatusCode == http.StatusOK && decErr == nil && body.Status == "ready":
+	case resp.StatusCode == http.StatusOK && decErr == nil && (body.Status == "ready" || body.Status == "degraded"):
+		// A degraded server serves (and revokes); Health says why.
 		return nil
 	case body.Error != "":
 		return lapse.Errorf(lapse.EUNAVAILABLE, "lapse server is not ready: %s", body.Error)

@@ -36,7 +36,7 @@ server's checks and channel.`,
 		Short: "Create, list and revoke API keys in the store",
 	}
 	apikey.AddCommand(m.adminAPIKeyCreate(), m.adminAPIKeyList(), m.adminAPIKeyRevoke())
-	admin.AddCommand(apikey)
+	admin.AddCommand(apikey, m.adminMigrate(), m.adminGrantServerRole())
 	return admin
 }
 
@@ -49,8 +49,15 @@ func (f *adminFlags) register(c *cobra.Command) {
 	c.Flags().StringVarP(&f.config, "config", "c", "", "configuration file that names the store (required)")
 }
 
-// openStore loads the configuration and opens its store.
+// openStore loads the configuration and opens its store, migrating it
+// unless the configuration says skip_migrations.
 func (f *adminFlags) openStore(ctx context.Context, c *cobra.Command) (*sqlstore.Store, error) {
+	return f.open(ctx, c, false)
+}
+
+// open loads the configuration and opens its store; migrate forces the
+// migrations to run whatever the configuration says.
+func (f *adminFlags) open(ctx context.Context, c *cobra.Command, migrate bool) (*sqlstore.Store, error) {
 	if f.config == "" {
 		return nil, &usageError{err: lapse.FieldErrorf(lapse.EINVALID, "config", "--config FILE is required"), command: c.CommandPath()}
 	}
@@ -67,7 +74,7 @@ func (f *adminFlags) openStore(ctx context.Context, c *cobra.Command) (*sqlstore
 			return nil, serverErr(fmt.Errorf("create data directory %s: %w", cfg.DataDir, err))
 		}
 	}
-	s, err := sqlstore.Open(ctx, cfg.Store.Driver, dsn)
+	s, err := sqlstore.OpenWith(ctx, cfg.Store.Driver, dsn, sqlstore.Options{SkipMigrations: cfg.Store.SkipMigrations && !migrate})
 	if err != nil {
 		return nil, serverErr(fmt.Errorf("open %s store (%s): %w", cfg.Store.Driver, cfg.Store.DSN, err))
 	}
@@ -273,4 +280,87 @@ func (m *Main) clock() lapse.Clock {
 		return m.Clock
 	}
 	return lapse.SystemClock{}
+}
+
+func (m *Main) adminMigrate() *cobra.Command {
+	var f adminFlags
+	c := &cobra.Command{
+		Use:   "migrate --config FILE",
+		Short: "Apply the store's pending schema migrations",
+		Long: `Apply the pending schema migrations to the store the configuration names,
+whatever its skip_migrations says. Run it as the schema's owner before
+starting servers that connect with a role which may not change the schema
+(docs/audit.md, "Database roles"); then run 'lapse admin grant-server-role'
+again so the server's role has exactly its privileges on any new table.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			store, err := f.open(c.Context(), c, true)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			_, err = fmt.Fprintf(m.Stdout, "%s store is at schema version %d\n", store.Driver(), sqlstore.SchemaVersion())
+			return err
+		},
+	}
+	f.register(c)
+	return c
+}
+
+func (m *Main) adminGrantServerRole() *cobra.Command {
+	var f adminFlags
+	c := &cobra.Command{
+		Use:   "grant-server-role --config FILE ROLE",
+		Short: "Give a PostgreSQL role exactly what lapse server needs, insert-only on the audit tables",
+		Long: `Give the PostgreSQL role ROLE exactly the privileges 'lapse server' needs on
+the store's schema: read and insert everywhere, update only where state
+changes, and on the audit log's tables (events, the Merkle tree, its signed
+checkpoints) and the approvals only read and insert — no role that runs a
+server can rewrite or delete the evidence. Whatever else ROLE held on those
+tables is revoked first, so running it again converges.
+
+Run it as the schema's owner after 'lapse admin migrate'. Servers then
+connect as ROLE with store.skip_migrations: true (docs/audit.md, "Database
+roles").`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return &usageError{err: lapse.FieldErrorf(lapse.EINVALID, "role", "give exactly one role name"), command: c.CommandPath()}
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx := c.Context()
+			store, err := f.open(ctx, c, true)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			if err := store.GrantServerRole(ctx, args[0]); err != nil {
+				return err
+			}
+			if err := recordServerRole(lapse.WithChannel(ctx, lapse.ChannelCLI), store, m.clock(), args[0], localActor()); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(m.Stdout, "role %s may now run lapse server; the audit tables are insert-only for it\n", clean(args[0]))
+			return err
+		},
+	}
+	f.register(c)
+	return c
+}
+
+// recordServerRole records store.server_role_granted: an administrative act
+// on who may write the evidence is evidence too.
+func recordServerRole(ctx context.Context, store lapse.Store, clock lapse.Clock, role string, actor lapse.Principal) error {
+	data, err := json.Marshal(map[string]any{"role": role, "insert_only": sqlstore.AuditTables})
+	if err != nil {
+		return err
+	}
+	return store.Update(ctx, func(tx lapse.Tx) error {
+		return tx.AppendEvent(ctx, &lapse.Event{
+			Time: clock.Now(), Type: lapse.EventServerRoleGranted,
+			ActorID: actor.ID, ActorKind: actor.Kind, Channel: lapse.ChannelFrom(ctx),
+			Outcome: "granted", Data: data,
+		})
+	})
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/audit"
 	"github.com/lapsehq/lapse/config"
@@ -83,6 +85,7 @@ func openAuditLog(cfg *config.Config, store *sqlstore.Store, clock lapse.Clock, 
 		Clock:      clock,
 		Logger:     log.With("component", "audit"),
 		Interval:   cfg.Audit.Interval,
+		SinkGrace:  cfg.Audit.SinkGrace,
 	})
 }
 
@@ -101,4 +104,19 @@ func runAudit(ctx context.Context, l *audit.Log, log *slog.Logger) chan struct{}
 		}
 	}()
 	return done
+}
+
+// auditDegradedGauge exports the log's health as lapse_audit_degraded: 1
+// while new approvals and grants are refused because the log cannot
+// integrate, sign or publish, 0 otherwise. It is read at scrape time.
+func auditDegradedGauge(l *audit.Log) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "lapse_audit_degraded",
+		Help: "1 while the audit log is degraded and no new approval or grant is made (revocations continue), else 0.",
+	}, func() float64 {
+		if l.Healthy() != nil {
+			return 1
+		}
+		return 0
+	})
 }

@@ -182,7 +182,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			return fmt.Errorf("create the SQLite database: %w", err)
 		}
 	}
-	s.Store, err = sqlstore.Open(ctx, cfg.Store.Driver, dsn)
+	s.Store, err = sqlstore.OpenWith(ctx, cfg.Store.Driver, dsn, sqlstore.Options{SkipMigrations: cfg.Store.SkipMigrations})
 	if err != nil {
 		return fmt.Errorf("open %s store (%s): %w", cfg.Store.Driver, cfg.Store.DSN, err)
 	}
@@ -223,6 +223,17 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		}
 	}
 
+	// The audit log opens before the broker: the broker asks it before
+	// every new approval and grant (fail closed), and a replica whose key
+	// differs from the one that signed the stored checkpoints must not
+	// start at all.
+	if s.Audit, err = openAuditLog(cfg, s.Store, s.Clock, s.Logger); err != nil {
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	if err := s.Audit.CheckKey(ctx); err != nil {
+		return fmt.Errorf("audit log %s: %w", cfg.Audit.SigningKeyFile, err)
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.Broker, err = broker.New(broker.Config{
@@ -242,13 +253,12 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			OverdueGrace: cfg.Engine.OverdueGrace,
 		},
 		Registerer: reg,
+		AuditGate:  func(context.Context) error { return s.Audit.Healthy() },
 	})
 	if err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
-	if s.Audit, err = openAuditLog(cfg, s.Store, s.Clock, s.Logger); err != nil {
-		return fmt.Errorf("open audit log: %w", err)
-	}
+	reg.MustRegister(auditDegradedGauge(s.Audit))
 	if s.Prepare != nil {
 		if err := s.Prepare(ctx, s); err != nil {
 			return err
@@ -294,6 +304,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		Tokens:   tokens,
 		Gatherer: reg,
 		Ready:    s.Broker.Ready,
+		Degraded: func(context.Context) error { return s.Audit.Healthy() },
 		Logger:   s.Logger,
 		Audit:    s.Audit,
 	}).Handler()

@@ -303,3 +303,72 @@ func TestAdminAPIKeyCreateInputErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestServerInsertOnlyAuditRole is the setup of docs/audit.md, "Database
+// roles", through the CLI: the schema's owner runs lapse admin migrate and
+// lapse admin grant-server-role; lapse server then runs as a role that
+// may not migrate, issues and revokes a grant, and signs its events — and
+// that role cannot rewrite or delete an audit row.
+func TestServerInsertOnlyAuditRole(t *testing.T) {
+	roles := sqltest.PostgresRoles(t)
+	suffix := strings.ToUpper(lapse.NewID("x", time.Now())[2:12])
+	ownerEnv, serverEnv := "LAPSE_TEST_OWNER_DSN_"+suffix, "LAPSE_TEST_SERVER_DSN_"+suffix
+	t.Setenv(ownerEnv, roles.OwnerDSN)
+	t.Setenv(serverEnv, roles.ServerDSN)
+	ownerCfg := writeServerConfig(t, strings.Replace(serverConfig, "sealing_key:", "store:\n  driver: postgres\n  dsn: {env: "+ownerEnv+"}\nsealing_key:", 1))
+	serverCfg := writeServerConfig(t, strings.Replace(serverConfig, "sealing_key:",
+		"store:\n  driver: postgres\n  dsn: {env: "+serverEnv+"}\n  skip_migrations: true\nsealing_key:", 1))
+
+	// Before the owner migrates, the server refuses to start, saying so.
+	_, _, err := runLapse(t, "server", "--config", serverCfg, "--listen", "127.0.0.1:0")
+	if lapse.ErrorCode(err) != lapse.EUNAVAILABLE || !strings.Contains(err.Error(), "lapse admin migrate") {
+		t.Fatalf("server on an unmigrated schema: %v; want EUNAVAILABLE pointing at lapse admin migrate", err)
+	}
+	if out, _, err := runLapse(t, "admin", "migrate", "--config", ownerCfg); err != nil || !strings.Contains(out, "schema version") {
+		t.Fatalf("admin migrate: %v %q", err, out)
+	}
+	if out, _, err := runLapse(t, "admin", "grant-server-role", "--config", ownerCfg, roles.Server); err != nil || !strings.Contains(out, roles.Server) {
+		t.Fatalf("admin grant-server-role: %v %q", err, out)
+	}
+	out, _, err := runLapse(t, "admin", "apikey", "create", "--config", serverCfg, "--principal", "alice", "--scope", "read,request")
+	if err != nil {
+		t.Fatalf("admin apikey create as the server role: %v", err)
+	}
+	alice := strings.TrimSpace(out)
+
+	r := startLapse(t, "server", "--config", serverCfg, "--listen", "127.0.0.1:0")
+	var res lapse.RequestResult
+	if code := call(t, "POST", r.url+"/v1/requests", alice, lapse.RequestInput{Entitlement: "demo-api/read"}, &res); code != 201 || res.Grant == nil {
+		t.Fatalf("request as the server role: %d", code)
+	}
+	var g lapse.Grant
+	if code := call(t, "POST", r.url+"/v1/grants/"+res.Grant.ID+"/release", alice, lapse.ReleaseInput{Wait: true}, &g); code != 200 || g.State != lapse.GrantRevoked {
+		t.Fatalf("release as the server role: %d %s", code, g.State)
+	}
+	if err := r.stop(); err != nil { // the last round integrates and signs every event
+		t.Fatal(err)
+	}
+	if out, stderr, err := runLapse(t, "audit", "verify", "--config", serverCfg); err != nil || !strings.Contains(out, "result        OK") {
+		t.Fatalf("audit verify as the server role: %v\n%s%s", err, out, stderr)
+	}
+
+	raw := sqltest.OpenRaw(t, roles.ServerDSN)
+	for _, q := range []string{
+		"UPDATE events SET outcome = 'forged'",
+		"DELETE FROM events",
+		"UPDATE audit_leaves SET hash = hash",
+		"DELETE FROM audit_checkpoints",
+		"TRUNCATE audit_nodes",
+		"UPDATE approvals SET comment = 'forged'",
+	} {
+		if _, err := raw.Exec(q); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("%s as the server role: %v, want permission denied", q, err)
+		}
+	}
+	// The owner's grant-server-role is itself on the record.
+	owner := sqltest.OpenRaw(t, roles.OwnerDSN)
+	var n int
+	if err := owner.QueryRow("SELECT count(*) FROM events WHERE event_type = $1", lapse.EventServerRoleGranted).Scan(&n); err != nil || n != 1 {
+		t.Errorf("%d %s events (%v), want 1", n, lapse.EventServerRoleGranted, err)
+	}
+}
