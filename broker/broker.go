@@ -134,6 +134,9 @@ type Broker struct {
 
 	// auditGate is Config.AuditGate.
 	auditGate func(ctx context.Context) error
+	// pause waits out the pacing of an overdue backlog: time.Sleep, or a
+	// recorder in tests, which read the delays instead of sleeping them.
+	pause func(time.Duration)
 
 	// wake nudges the engine loop (a grant became due now).
 	wake chan struct{}
@@ -181,6 +184,7 @@ func New(cfg Config) (*Broker, error) {
 		auditGate: cfg.AuditGate,
 		wake:      make(chan struct{}, 1),
 		waiters:   make(map[string][]chan struct{}),
+		pause:     time.Sleep,
 	}
 	for name, t := range cfg.Targets {
 		if t.Connector == nil {

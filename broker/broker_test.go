@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/broker"
+	"github.com/lapsehq/lapse/connector"
 	"github.com/lapsehq/lapse/connector/fake"
 	"github.com/lapsehq/lapse/internal/fakeclock"
 	"github.com/lapsehq/lapse/sqlstore/sqltest"
@@ -621,5 +623,214 @@ func TestVerifyRunsTheLoginProbe(t *testing.T) {
 	}
 	if !probed {
 		t.Fatalf("no refused login probe in the evidence: %+v", got.Checkpoints)
+	}
+}
+
+// omitsCheckpoint is a connector whose Verify leaves one of the checkpoints
+// it declared at Grant out of its answer while drop is set.
+type omitsCheckpoint struct {
+	*fake.Conn
+	mu   sync.Mutex
+	drop string
+}
+
+func (o *omitsCheckpoint) Verify(ctx context.Context, req *connector.VerifyRequest) (*connector.VerifyResponse, error) {
+	vr, err := o.Conn.Verify(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	kept := vr.Checkpoints[:0]
+	for _, c := range vr.Checkpoints {
+		if c.Name != o.drop {
+			kept = append(kept, c)
+		}
+	}
+	vr.Checkpoints = kept
+	return vr, nil
+}
+
+// TestUnreportedCheckpointIsNotRevoked: a grant is revoked only when one
+// verification saw every checkpoint it has gone. A Verify that reports
+// the others as gone but is silent about one is not proof.
+func TestUnreportedCheckpointIsNotRevoked(t *testing.T) {
+	e := newSQLiteEnv(t)
+	conn := &omitsCheckpoint{Conn: e.fake}
+	cfg := e.cfg
+	cfg.Targets = map[string]broker.Target{"fake": {Kind: "fake", Connector: conn, Concurrency: 4}, "slow": cfg.Targets["slow"]}
+	b, err := broker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.broker = b
+	g := e.approvedGrant()
+	if len(g.Checkpoints) < 2 {
+		t.Fatalf("the fake declared %d checkpoints; the test needs two", len(g.Checkpoints))
+	}
+	omitted := g.Checkpoints[len(g.Checkpoints)-1].Name
+	conn.mu.Lock()
+	conn.drop = omitted
+	conn.mu.Unlock()
+
+	e.clock.Advance(time.Hour)
+	e.tick()
+	got := e.grant(g.ID)
+	if got.State != lapse.GrantRevokeFailed || !strings.Contains(got.LastError, omitted) {
+		t.Fatalf("Verify silent about %s: grant %s (%q), want revoke_failed naming it", omitted, got.State, got.LastError)
+	}
+	for _, c := range got.Checkpoints {
+		if c.Name == omitted && (!c.VerifiedAt.IsZero() || len(c.Residue) == 0) {
+			t.Errorf("the unreported checkpoint is stored as %+v", c)
+		}
+	}
+
+	conn.mu.Lock()
+	conn.drop = ""
+	conn.mu.Unlock()
+	e.clock.Set(got.DueAt)
+	e.tick()
+	got = e.grant(g.ID)
+	if got.State != lapse.GrantRevoked {
+		t.Fatalf("once Verify reports every checkpoint: %s (%s)", got.State, got.LastError)
+	}
+	for _, c := range got.Checkpoints {
+		if c.VerifiedAt.IsZero() {
+			t.Errorf("revoked with checkpoint %s unverified", c.Name)
+		}
+	}
+}
+
+// TestConcurrentEndsOfOneGrantEndInOneOutcome races everything that can
+// end one grant — its owner's release, an approver's revoke, and its
+// deadline seen by two replicas' engines at once — on both databases. Each
+// round ends with one end reason, one revoke_started and one revoked
+// event, one effective revocation on the target, and the grant revoked.
+func TestConcurrentEndsOfOneGrantEndInOneOutcome(t *testing.T) {
+	for _, db := range []struct {
+		name string
+		open func(testing.TB) lapse.Store
+	}{{"sqlite", func(tb testing.TB) lapse.Store { return sqltest.OpenSQLite(tb) }}, {"postgres", func(tb testing.TB) lapse.Store { return sqltest.OpenPostgres(tb) }}} {
+		t.Run(db.name, func(t *testing.T) {
+			e := newEnv(t, db.open(t))
+			cfg := e.cfg
+			cfg.Engine.Owner = "test-b"
+			other, err := broker.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			for round := 0; round < 10; round++ {
+				g := e.approvedGrant()
+				e.clock.Set(g.ExpiresAt.Add(time.Second))
+				var wg sync.WaitGroup
+				run := func(f func()) {
+					wg.Add(1)
+					go func() { defer wg.Done(); f() }()
+				}
+				run(func() { e.broker.Release(as(alice), g.ID, lapse.ReleaseInput{}) })
+				run(func() { e.broker.Revoke(as(bob), g.ID, lapse.RevokeInput{Reason: "race"}) })
+				run(func() { e.broker.Tick(ctx) })
+				run(func() { other.Tick(ctx) })
+				wg.Wait()
+				for i := 0; i < 5 && e.grant(g.ID).State != lapse.GrantRevoked; i++ {
+					e.tick()
+				}
+				got := e.grant(g.ID)
+				if got.State != lapse.GrantRevoked {
+					t.Fatalf("round %d: grant %s (%s)", round, got.State, got.LastError)
+				}
+				switch got.EndReason {
+				case lapse.EndReleased, lapse.EndRevoked, lapse.EndExpired:
+				default:
+					t.Fatalf("round %d: end reason %q", round, got.EndReason)
+				}
+				events, err := e.store.ListEvents(ctx, lapse.EventFilter{GrantID: g.ID})
+				if err != nil {
+					t.Fatal(err)
+				}
+				count := map[string]int{}
+				for _, ev := range events {
+					count[ev.Type]++
+				}
+				if count[lapse.EventGrantRevokeStarted] != 1 || count[lapse.EventGrantRevoked] != 1 {
+					t.Fatalf("round %d: %d revoke_started and %d revoked events, want one each", round,
+						count[lapse.EventGrantRevokeStarted], count[lapse.EventGrantRevoked])
+				}
+				if n := e.fake.CallsFor(fake.Revoke, g.ID); n != 1 {
+					t.Fatalf("round %d: %d Revoke calls on the target, want 1", round, n)
+				}
+			}
+		})
+	}
+}
+
+// TestOverdueBacklogIsPaced: after downtime, grants overdue by more than
+// the grace are revoked at OverdueRate per target after a burst of a tenth
+// of it, not all at once; a deadline that has just passed is not paced.
+// The pacing reads the injected clock, so the delays are exact.
+func TestOverdueBacklogIsPaced(t *testing.T) {
+	e := newSQLiteEnv(t)
+	cfg := e.cfg
+	cfg.Engine.OverdueRate = 100 // a burst of 10, then one every 10ms
+	b, err := broker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.broker = b
+	var (
+		mu     sync.Mutex
+		delays []time.Duration
+	)
+	broker.SetPause(b, func(d time.Duration) {
+		mu.Lock()
+		delays = append(delays, d)
+		mu.Unlock()
+	})
+	const n = 50
+	ids := make([]string, n)
+	for i := range ids {
+		res, err := b.CreateRequest(as(alice), lapse.RequestInput{Entitlement: "db/status"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = res.Grant.ID
+	}
+	e.clock.Advance(time.Hour) // the server was down; every deadline is long past
+	e.tick()
+	for _, id := range ids {
+		if g := e.grant(id); g.State != lapse.GrantRevoked {
+			t.Fatalf("grant %s after the backlog: %s (%s)", id, g.State, g.LastError)
+		}
+	}
+	mu.Lock()
+	got := slices.Clone(delays)
+	delays = delays[:0]
+	mu.Unlock()
+	if len(got) != n {
+		t.Fatalf("%d of %d overdue grants were paced", len(got), n)
+	}
+	slices.Sort(got)
+	for i, d := range got {
+		want := time.Duration(max(0, i-9)) * 10 * time.Millisecond
+		if d < want-time.Millisecond || d > want+time.Millisecond {
+			t.Fatalf("delay %d = %v, want %v: a burst of 10, then 100/s", i, d, want)
+		}
+	}
+
+	// A deadline passed a moment ago is acted on at once.
+	res, err := b.CreateRequest(as(alice), lapse.RequestInput{Entitlement: "db/status"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Set(res.Grant.ExpiresAt.Add(time.Second))
+	e.tick()
+	if g := e.grant(res.Grant.ID); g.State != lapse.GrantRevoked {
+		t.Fatalf("a fresh expiry: %s", g.State)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(delays) != 0 {
+		t.Errorf("a deadline within the grace was paced: %v", delays)
 	}
 }

@@ -399,9 +399,11 @@ func (e *engine) dispatch(t *target, g *lapse.Grant, act action, fence int64, ov
 	go func() {
 		if overdue {
 			// A backlog after downtime: pace it so the target is not hit by
-			// a stampede. The lease check below still applies.
-			r := t.overdue.Reserve()
-			time.Sleep(r.Delay())
+			// a stampede. The lease check below still applies. The
+			// reservation reads the injected clock, so the pacing is
+			// deterministic under a fake one.
+			now := e.b.clock.Now()
+			e.b.pause(t.overdue.ReserveN(now, 1).DelayFrom(now))
 		}
 		t.sem <- struct{}{}
 		res := e.step(t, g, act, fence)
@@ -551,13 +553,16 @@ func (e *engine) revoke(ctx context.Context, t *target, res *result, doRevoke bo
 		return
 	}
 	now := b.clock.Now()
-	e.mergeCheckpoints(res, vr, now)
-	if !vr.Gone() {
+	unreported := e.mergeCheckpoints(res, vr, now)
+	if !vr.Gone() || len(unreported) > 0 {
 		var residue []string
 		for _, c := range vr.Checkpoints {
 			if !c.Gone {
 				residue = append(residue, c.Name+": "+joinResidue(c.Residue))
 			}
+		}
+		for _, name := range unreported {
+			residue = append(residue, name+": not verified (the connector's Verify did not report this checkpoint)")
 		}
 		e.retryLater(res, lapse.GrantRevokeFailed, "verification found residue: "+joinResidue(residue), lapse.EventGrantVerifyFailed,
 			map[string]any{"actions": actions, "residue": residue})
@@ -608,8 +613,12 @@ func backoff(base, maxWait time.Duration, n int) time.Duration {
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
-// mergeCheckpoints folds a verification into the grant's checkpoints.
-func (e *engine) mergeCheckpoints(res *result, vr *connector.VerifyResponse, now time.Time) {
+// mergeCheckpoints folds a verification into the grant's checkpoints. It
+// returns the names of the grant's checkpoints that this verification did
+// not report: a grant is revoked only when every system that accepted the
+// privilege was checked, so a checkpoint the connector declared at Grant
+// and then left out of Verify is as good as residue.
+func (e *engine) mergeCheckpoints(res *result, vr *connector.VerifyResponse, now time.Time) (unreported []string) {
 	g := res.g
 	byName := make(map[string]*lapse.Checkpoint, len(g.Checkpoints))
 	for _, c := range g.Checkpoints {
@@ -639,6 +648,22 @@ func (e *engine) mergeCheckpoints(res *result, vr *connector.VerifyResponse, now
 		}
 		res.checkpoints = append(res.checkpoints, c)
 	}
+	reported := make(map[string]bool, len(vr.Checkpoints))
+	for _, r := range vr.Checkpoints {
+		reported[r.Name] = true
+	}
+	for _, c := range g.Checkpoints {
+		if reported[c.Name] {
+			continue
+		}
+		// An earlier round's verification does not count: the grant is
+		// revoked when one verification saw every checkpoint gone.
+		c.VerifiedAt = time.Time{}
+		c.Residue = []string{"not reported by the connector's Verify"}
+		res.checkpoints = append(res.checkpoints, c)
+		unreported = append(unreported, c.Name)
+	}
+	return unreported
 }
 
 // commitLoop writes results in batches until results is closed.
