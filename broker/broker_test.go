@@ -295,7 +295,15 @@ func TestPendingRequestExpires(t *testing.T) {
 }
 
 func TestBadInputCreatesNothing(t *testing.T) {
-	e := newSQLiteEnv(t)
+	for _, db := range []struct {
+		name string
+		open func(testing.TB) lapse.Store
+	}{{"sqlite", func(tb testing.TB) lapse.Store { return sqltest.OpenSQLite(tb) }}, {"postgres", func(tb testing.TB) lapse.Store { return sqltest.OpenPostgres(tb) }}} {
+		t.Run(db.name, func(t *testing.T) { badInputCreatesNothing(t, newEnv(t, db.open(t))) })
+	}
+}
+
+func badInputCreatesNothing(t *testing.T, e *env) {
 	big := make([]byte, lapse.MaxReasonLength+1)
 	for i := range big {
 		big[i] = 'a'
@@ -316,6 +324,8 @@ func TestBadInputCreatesNothing(t *testing.T) {
 		{"huge reason", lapse.RequestInput{Entitlement: "db/read", Reason: string(big)}, lapse.ETOOLARGE, "reason"},
 		{"control characters", lapse.RequestInput{Entitlement: "db/read", Reason: "ok\x1b[31m"}, lapse.EINVALID, "reason"},
 		{"invalid utf-8", lapse.RequestInput{Entitlement: "db/read", Reason: "\xff\xfe"}, lapse.EINVALID, "reason"},
+		{"NUL in reason", lapse.RequestInput{Entitlement: "db/read", Reason: "ok\x00; DROP TABLE grants"}, lapse.EINVALID, "reason"},
+		{"NUL in task ID", lapse.RequestInput{Entitlement: "db/status", TaskID: "job\x00"}, lapse.EINVALID, "task_id"},
 		{"bad ticket", lapse.RequestInput{Entitlement: "db/read", Reason: "x", Ticket: "a b"}, lapse.EINVALID, "ticket"},
 		{"wrong lane", lapse.RequestInput{Entitlement: "db/read", Reason: "x"}, lapse.EFORBIDDEN, "entitlement"},
 	}

@@ -49,6 +49,11 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 			Help: "Due grants whose target is not configured in this process (cannot be revoked here).",
 		}, []string{"target"}),
 	}
+	// Every target's failure counter exists from the start at 0, so an
+	// alert on its rate sees the first failure instead of a new series.
+	for _, t := range b.targetList {
+		m.revokeFailures.WithLabelValues(t.name)
+	}
 	if reg == nil {
 		return m
 	}

@@ -136,12 +136,29 @@ func TestServerRunsAndShutsDown(t *testing.T) {
 	if code := call(t, "GET", r.url+"/readyz", "", nil, nil); code != 200 {
 		t.Errorf("readyz: %d", code)
 	}
-	if code := call(t, "GET", r.url+"/metrics", "", nil, nil); code != 200 {
-		t.Errorf("metrics: %d", code)
-	}
 	var res lapse.RequestResult
 	if code := call(t, "POST", r.url+"/v1/requests", key, lapse.RequestInput{Entitlement: "demo-api/read"}, &res); code != 201 || res.Credentials == nil {
 		t.Fatalf("request: status %d %+v", code, res)
+	}
+	// The metrics of docs/operations.md, each with a series from the
+	// start (failure counters at 0 per target), so alerts see the first
+	// change rather than a series appearing.
+	metrics := metricsText(t, r.url)
+	for _, want := range []string{
+		`lapse_grants{state="active"} 1`,
+		"lapse_revocation_overshoot_seconds_count 0",
+		`lapse_revoke_failures_total{target="demo-api"} 0`,
+		`lapse_revoke_failures_total{target="scratch"} 0`,
+		`lapse_queue_due{target="demo-api"}`,
+		`lapse_queue_inflight{target="scratch"}`,
+		`lapse_connector_calls_total{op="grant",outcome="ok",target="demo-api"} 1`,
+		`lapse_connector_call_seconds_count{op="grant",target="demo-api"} 1`,
+		"lapse_engine_fenced_total 0",
+		"lapse_audit_degraded 0",
+	} {
+		if !strings.Contains(metrics, "\n"+want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 	var jwks struct{ Keys []map[string]any }
 	if code := call(t, "GET", r.url+"/v1/targets/demo-api/jwks.json", "", nil, &jwks); code != 200 || len(jwks.Keys) != 1 {
