@@ -42,6 +42,9 @@ const (
 	// EventReceiptIssued records that the audit log signed a revocation
 	// receipt for a grant: a use of the signing key.
 	EventReceiptIssued = "receipt.issued"
+	// EventCheckpointRequested records that someone asked the audit log
+	// to sign a checkpoint now.
+	EventCheckpointRequested = "audit.checkpoint_requested"
 	// EventServerRoleGranted records that `lapse admin grant-server-role`
 	// set a database role's privileges on the store.
 	EventServerRoleGranted = "store.server_role_granted"

@@ -16,6 +16,7 @@ type AuditLog interface {
 	Inclusion(ctx context.Context, seq int64, size uint64) (*audit.InclusionProof, error)
 	Consistency(ctx context.Context, from, to uint64) (*audit.ConsistencyProof, error)
 	Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error)
+	SignNow(ctx context.Context) (*audit.Checkpoint, error)
 	VerifierKey() string
 }
 
@@ -49,6 +50,31 @@ func (s *Server) auditCheckpoint(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	cp, err := l.Latest(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &AuditCheckpoint{
+		Origin: cp.Origin, Size: cp.Size, Root: cp.Root, Checkpoint: string(cp.Note), VerifierKey: l.VerifierKey(),
+	})
+	return nil
+}
+
+// signCheckpoint integrates and signs the log now and answers the new
+// checkpoint; it needs the admin scope (it uses the signing key). A sink
+// that refuses the checkpoint does not undo it: it is stored and signed,
+// and the answer is EUNAVAILABLE so the caller knows it is not published.
+func (s *Server) signCheckpoint(w http.ResponseWriter, r *http.Request) error {
+	l, err := s.auditLog()
+	if err != nil {
+		return err
+	}
+	if p := lapse.FromContext(r.Context()); p == nil || !p.HasScope(lapse.ScopeAdmin) {
+		return lapse.Errorf(lapse.EFORBIDDEN, "signing a checkpoint on demand needs the admin scope")
+	}
+	if _, err := parseQuery(r); err != nil {
+		return err
+	}
+	cp, err := l.SignNow(r.Context())
 	if err != nil {
 		return err
 	}

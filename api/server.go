@@ -136,6 +136,7 @@ var routes = []route{
 	{"DELETE", "/v1/apikeys/{prefix}", authed, (*Server).revokeAPIKey},
 	{"GET", "/v1/grants/{id}/receipt", authed, (*Server).grantReceipt},
 	{"GET", "/v1/audit/checkpoint", authed, (*Server).auditCheckpoint},
+	{"POST", "/v1/audit/checkpoint", authed, (*Server).signCheckpoint},
 	{"GET", "/v1/audit/proof/inclusion", authed, (*Server).inclusionProof},
 	{"GET", "/v1/audit/proof/consistency", authed, (*Server).consistencyProof},
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -119,4 +120,73 @@ func openRawSQLite(t *testing.T, path string) *sql.DB {
 		t.Fatal(err)
 	}
 	return db
+}
+
+// TestAuditAPI uses the audit routes of a running server as an auditor
+// would: signs a checkpoint on demand (admin only), then checks an
+// inclusion proof of an entry and a consistency proof between two
+// checkpoints against the roots of checkpoints opened with the pinned key.
+func TestAuditAPI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	r := startLapse(t, "dev", "--data-dir", dir, "--listen", "127.0.0.1:0")
+	alice := readKey(t, filepath.Join(dir, "credentials", "alice.key"))
+	admin := readKey(t, filepath.Join(dir, "credentials", "admin.key"))
+	v, err := audit.NewVerifier(readKey(t, filepath.Join(dir, "audit.pub")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func() *audit.Checkpoint {
+		t.Helper()
+		var got struct {
+			Size       uint64
+			Checkpoint string
+		}
+		if code := call(t, "POST", r.url+"/v1/audit/checkpoint", admin, nil, &got); code != 200 {
+			t.Fatalf("sign a checkpoint as admin: %d", code)
+		}
+		cp, err := audit.OpenCheckpoint([]byte(got.Checkpoint), v)
+		if err != nil || cp.Size != got.Size {
+			t.Fatalf("the signed checkpoint does not open with the pinned key: %v", err)
+		}
+		return cp
+	}
+	if code := call(t, "POST", r.url+"/v1/audit/checkpoint", alice, nil, nil); code != 403 {
+		t.Errorf("sign a checkpoint without the admin scope: %d, want 403", code)
+	}
+
+	first := sign()
+	var res lapse.RequestResult
+	if code := call(t, "POST", r.url+"/v1/requests", alice, lapse.RequestInput{Entitlement: "demo-api/status"}, &res); code != 201 || res.Grant == nil {
+		t.Fatalf("request: %d", code)
+	}
+	second := sign()
+	if second.Size <= first.Size {
+		t.Fatalf("the log did not grow: %d then %d", first.Size, second.Size)
+	}
+
+	var g lapse.Grant
+	call(t, "GET", r.url+"/v1/grants/"+res.Grant.ID, alice, nil, &g)
+	seq := g.Events[0].Seq
+	var inc audit.InclusionProof
+	if code := call(t, "GET", r.url+"/v1/audit/proof/inclusion?seq="+strconv.FormatInt(seq, 10)+"&size="+strconv.FormatUint(second.Size, 10), alice, nil, &inc); code != 200 {
+		t.Fatalf("inclusion proof: %d", code)
+	}
+	if err := audit.VerifyInclusion(uint64(seq-1), second.Size, inc.LeafHash, inc.Proof, second.Root); err != nil {
+		t.Errorf("inclusion proof of entry %d against the pinned checkpoint: %v", seq, err)
+	}
+	if bytes.Equal(inc.LeafHash, audit.LeafHash(audit.EncodeLeaf(g.Events[0]))) == false {
+		t.Error("the proven leaf is not the grant's first event as the API shows it")
+	}
+	var cons audit.ConsistencyProof
+	q := "?from=" + strconv.FormatUint(first.Size, 10) + "&to=" + strconv.FormatUint(second.Size, 10)
+	if code := call(t, "GET", r.url+"/v1/audit/proof/consistency"+q, alice, nil, &cons); code != 200 {
+		t.Fatalf("consistency proof: %d", code)
+	}
+	if err := audit.VerifyConsistency(first.Size, second.Size, cons.Proof, first.Root, second.Root); err != nil {
+		t.Errorf("consistency proof: %v", err)
+	}
+	// A proof against another root fails: the check above can fail.
+	if err := audit.VerifyConsistency(first.Size, second.Size, cons.Proof, second.Root, second.Root); err == nil {
+		t.Error("a consistency proof verified against the wrong root")
+	}
 }
