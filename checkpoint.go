@@ -1,7 +1,12 @@
 package lapse
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -34,3 +39,51 @@ type Checkpoint struct {
 
 // Verified reports whether revocation was confirmed on this checkpoint.
 func (c *Checkpoint) Verified() bool { return !c.VerifiedAt.IsZero() }
+
+// EvidenceDigest returns a SHA-256 digest (hex) of what a set of verified
+// checkpoints says: each checkpoint's name, kind, verification time and
+// evidence, in name order. The grant.revoked event records it, so that a
+// revocation receipt's evidence is bound to the audit log entry it proves,
+// not only to the receipt's signature. Evidence is canonicalised (decoded
+// and re-encoded) so that the same observation digests the same however
+// it was spaced when stored.
+func EvidenceDigest(cps []*Checkpoint) string {
+	sorted := make([]*Checkpoint, 0, len(cps))
+	for _, c := range cps {
+		if c != nil {
+			sorted = append(sorted, c)
+		}
+	}
+	slices.SortFunc(sorted, func(a, b *Checkpoint) int { return strings.Compare(a.Name, b.Name) })
+	h := sha256.New()
+	field := func(b []byte) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	for _, c := range sorted {
+		field([]byte(c.Name))
+		field([]byte(c.Kind))
+		field(binary.BigEndian.AppendUint64(nil, uint64(c.VerifiedAt.UnixNano())))
+		field(canonicalJSON(c.Evidence))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// canonicalJSON re-encodes raw with encoding/json's rules (sorted keys,
+// compact); raw that does not decode is used as it is.
+func canonicalJSON(raw json.RawMessage) []byte {
+	if len(raw) == 0 {
+		return nil
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return raw
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return raw
+	}
+	return b
+}

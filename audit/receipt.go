@@ -143,6 +143,14 @@ func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
 	if err != nil {
 		return nil, lapse.Internal("audit: decode leaf", err)
 	}
+	var logged struct {
+		EvidenceDigest string `json:"evidence_digest"`
+	}
+	if json.Unmarshal(ev.Data, &logged) != nil || logged.EvidenceDigest != lapse.EvidenceDigest(g.Checkpoints) {
+		// The checkpoints table is not part of the log; its rows must
+		// still be exactly what the revocation recorded.
+		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: grant %s's stored checkpoints differ from what its revocation (entry %d) recorded", g.ID, seq)
+	}
 	now := l.clock.Now()
 	rc := Receipt{
 		Format:   ReceiptFormat,
@@ -274,10 +282,23 @@ func VerifyReceipt(file []byte, v note.Verifier) (*Receipt, error) {
 	if ev.Type != lapse.EventGrantRevoked || ev.GrantID != rc.Grant.ID || rc.Grant.State != lapse.GrantRevoked {
 		return nil, errors.New("receipt: the log entry is not this grant's revocation")
 	}
+	if len(rc.Checkpoints) == 0 {
+		return nil, errors.New("receipt: it names no system that accepted the privilege")
+	}
 	for _, c := range rc.Checkpoints {
 		if c == nil || c.GrantID != rc.Grant.ID || !c.Verified() {
 			return nil, errors.New("receipt: a checkpoint is not a verified checkpoint of this grant")
 		}
+	}
+	var logged struct {
+		Checkpoints    int    `json:"checkpoints"`
+		EvidenceDigest string `json:"evidence_digest"`
+	}
+	if err := json.Unmarshal(ev.Data, &logged); err != nil || logged.EvidenceDigest == "" {
+		return nil, errors.New("receipt: the log entry records no evidence digest")
+	}
+	if logged.Checkpoints != len(rc.Checkpoints) || logged.EvidenceDigest != lapse.EvidenceDigest(rc.Checkpoints) {
+		return nil, errors.New("receipt: the checkpoints and their evidence are not those the log entry recorded")
 	}
 	if err := VerifyInclusion(uint64(ev.Seq-1), cp.Size, LeafHash(rc.Log.Leaf), rc.Log.Inclusion, cp.Root); err != nil {
 		return nil, fmt.Errorf("receipt: the inclusion proof does not verify: %w", err)

@@ -29,10 +29,17 @@ func (e *env) revokedGrant(t *testing.T) *lapse.Grant {
 				VerifiedAt: t0.Add(10*time.Minute + 3*time.Second), Evidence: json.RawMessage(`{"backends":0}`)},
 		},
 	}
+	// As the engine records it: the evidence digest binds the checkpoints
+	// a receipt shows to this entry.
+	revoked, _ := json.Marshal(map[string]any{"checkpoints": 2, "evidence_digest": lapse.EvidenceDigest(g.Checkpoints)})
 	err := e.store.Update(ctx, func(tx lapse.Tx) error {
 		for _, typ := range []string{lapse.EventGrantCreated, lapse.EventGrantProvisioned, lapse.EventGrantRevokeStarted, lapse.EventGrantRevoked} {
+			data := json.RawMessage(`{"checkpoints":2}`)
+			if typ == lapse.EventGrantRevoked {
+				data = revoked
+			}
 			ev := &lapse.Event{Time: g.RevokedAt, Type: typ, ActorID: "engine", ActorKind: lapse.KindService,
-				Channel: lapse.ChannelEngine, RequestID: g.RequestID, GrantID: g.ID, Outcome: "ok", Data: json.RawMessage(`{"checkpoints":2}`)}
+				Channel: lapse.ChannelEngine, RequestID: g.RequestID, GrantID: g.ID, Outcome: "ok", Data: data}
 			if err := tx.AppendEvent(ctx, ev); err != nil {
 				return err
 			}
@@ -113,6 +120,33 @@ func TestReceiptRefusesTamperedEntry(t *testing.T) {
 		e.exec(t, "UPDATE events SET outcome = 'forged' WHERE seq = 4")
 		if _, err := e.log.Receipt(context.Background(), g); err == nil {
 			t.Fatal("a receipt was signed over a tampered entry")
+		}
+	})
+}
+
+// TestReceiptRefusesChangedEvidence: the checkpoints a receipt shows must be
+// those the grant.revoked entry's evidence digest recorded. Evidence changed
+// in the store afterwards is not signed, and a receipt whose evidence was
+// edited fails offline even where its signature would verify.
+func TestReceiptRefusesChangedEvidence(t *testing.T) {
+	stores(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		g := e.revokedGrant(t)
+		e.sync(t)
+		changed := *g.Checkpoints[1]
+		changed.Evidence = json.RawMessage(`{"backends":3}`)
+		forged := *g
+		forged.Checkpoints = []*lapse.Checkpoint{g.Checkpoints[0], &changed}
+		if _, err := e.log.Receipt(ctx, &forged); lapse.ErrorCode(err) != lapse.EINTERNAL {
+			t.Fatalf("receipt over changed evidence: %v, want EINTERNAL", err)
+		}
+		dropped := *g
+		dropped.Checkpoints = g.Checkpoints[:1]
+		if _, err := e.log.Receipt(ctx, &dropped); err == nil {
+			t.Fatal("a receipt was signed with a checkpoint left out")
+		}
+		if _, err := e.log.Receipt(ctx, g); err != nil {
+			t.Fatalf("the true receipt: %v", err)
 		}
 	})
 }

@@ -576,7 +576,9 @@ func (e *engine) revoke(ctx context.Context, t *target, res *result, doRevoke bo
 	g.SealedProbe = nil
 	g.SealedCredentials = nil
 	res.events = append(res.events, b.grantEvent(context.Background(), lapse.EventGrantRevoked, g, "verified", map[string]any{
-		"actions": actions, "checkpoints": len(vr.Checkpoints), "end_reason": g.EndReason,
+		"actions": actions, "checkpoints": len(g.Checkpoints), "end_reason": g.EndReason,
+		// Binds a receipt's evidence to this entry (audit.VerifyReceipt).
+		"evidence_digest": lapse.EvidenceDigest(g.Checkpoints),
 	}))
 }
 
