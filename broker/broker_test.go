@@ -844,3 +844,76 @@ func TestOverdueBacklogIsPaced(t *testing.T) {
 		t.Errorf("a deadline within the grace was paced: %v", delays)
 	}
 }
+
+// TestEveryStepIsExactlyOneEvent pins the audit trail of the lanes: every
+// transition of a request, a vote and a grant is one event, in order, with
+// the actor who caused it — no step missing, none written twice.
+func TestEveryStepIsExactlyOneEvent(t *testing.T) {
+	e := newSQLiteEnv(t)
+	g := e.approvedGrant()
+	if _, err := e.broker.ClaimCredentials(as(alice), g.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.broker.Release(as(alice), g.ID, lapse.ReleaseInput{}); err != nil {
+		t.Fatal(err)
+	}
+	e.tick()
+	denied, err := e.broker.CreateRequest(as(alice), lapse.RequestInput{Entitlement: "db/admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.broker.Approve(as(bob), denied.Request.ID, lapse.DecisionInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.broker.Deny(as(carol), denied.Request.ID, lapse.DecisionInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.broker.CreateRequest(as(ci), lapse.RequestInput{Entitlement: "db/status"}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Hour)
+	e.tick()
+
+	events, err := e.store.ListEvents(context.Background(), lapse.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range events {
+		got = append(got, ev.Type+" by "+ev.ActorID+": "+ev.Outcome)
+	}
+	want := []string{
+		// The human lane: filed, one vote, decided, provisioned by the
+		// engine, credentials shown once, released, revoked and verified.
+		"request.created by alice: pending",
+		"request.approved by bob: approve",
+		"request.decided by bob: approved",
+		"grant.created by bob: scheduled",
+		"grant.provision_started by lapse: provisioning",
+		"grant.provisioned by lapse: active",
+		"grant.credentials_claimed by alice: claimed",
+		"grant.revoke_started by alice: released",
+		"grant.revoked by lapse: verified",
+		// A vote, then a deny before quorum, which decides.
+		"request.created by alice: pending",
+		"request.approved by bob: approve",
+		"request.denied by carol: deny",
+		"request.decided by carol: denied",
+		// The machine lane: decided by policy in the same call, provisioned
+		// inline; later its deadline passes.
+		"request.created by svc:ci: pending",
+		"request.decided by svc:ci: approved",
+		"grant.created by svc:ci: provisioning",
+		"grant.provisioned by lapse: active",
+		"grant.revoke_started by lapse: expired",
+		"grant.revoked by lapse: verified",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("audit trail:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	for i, ev := range events {
+		if ev.Seq != int64(i+1) || ev.Time.IsZero() || ev.Time.Location() != time.UTC || ev.Channel == "" {
+			t.Errorf("event %d: seq %d, time %v, channel %q", i+1, ev.Seq, ev.Time, ev.Channel)
+		}
+	}
+}
