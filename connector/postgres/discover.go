@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"slices"
 
 	"github.com/lapsehq/lapse/connector"
 )
@@ -11,8 +12,12 @@ import (
 // role that holds an entitled role of specs as standing privilege: a member
 // directly or through roles Lapse did not make. Memberships that pass
 // through a Lapse role are a grant's, not standing privilege. Superusers,
-// which bypass every privilege check, are not listed. Returns EINVALID for
-// a bad spec and EUNAVAILABLE if the server cannot be reached.
+// which bypass every privilege check, are not listed. A Lapse role that is
+// a member of an entitled role carrying a grant-option risk (grant
+// options, ownership, ADMIN OPTION, CREATEROLE or SUPERUSER, accepted by
+// the spec or added since) also lists each risk, as "grant option risk:
+// …". Returns EINVALID for a bad spec and EUNAVAILABLE if the server
+// cannot be reached.
 func (c *Conn) Discover(ctx context.Context, req *connector.DiscoverRequest) (*connector.DiscoverResponse, error) {
 	var entitled []string
 	for _, m := range req.Specs {
@@ -25,6 +30,21 @@ func (c *Conn) Discover(ctx context.Context, req *connector.DiscoverRequest) (*c
 		}
 	}
 	resp := &connector.DiscoverResponse{}
+	risks := map[string][]string{} // entitled role -> its risks, described
+	if len(entitled) > 0 {
+		found, truncated, err := c.grantOptionRisks(ctx, entitled)
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range found {
+			if len(risks[r.role]) < maxRisksListed {
+				risks[r.role] = append(risks[r.role], "grant option risk: "+printable(r.String()))
+			}
+			if truncated && i == len(found)-1 {
+				risks[r.role] = append(risks[r.role], "grant option risk: and more")
+			}
+		}
+	}
 
 	rows, err := c.pool.Query(ctx, `
 SELECT r.rolname::text,
@@ -44,6 +64,9 @@ ORDER BY 1`, c.cfg.Prefix)
 		}
 		p.Ephemeral = true
 		p.GrantID, _, _ = parseRoleName(c.cfg.Prefix, p.Name)
+		for _, g := range slices.Clone(p.Privileges) {
+			p.Privileges = append(p.Privileges, risks[g]...)
+		}
 		resp.Principals = append(resp.Principals, p)
 	}
 	rows.Close()

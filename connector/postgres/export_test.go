@@ -34,3 +34,6 @@ func LargestBatches(c *Conn) (revoke, verify int) {
 	c.verifies.mu.Unlock()
 	return revoke, verify
 }
+
+// GrantOptionCheckAge is how old a grant-option check Grant may reuse.
+const GrantOptionCheckAge = grantOptionCheckAge

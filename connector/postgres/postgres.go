@@ -79,6 +79,9 @@ type Conn struct {
 	host      string
 	port      int
 	database  string
+	// paramACL is whether the server has pg_parameter_acl (PostgreSQL 15
+	// and later), whose grant options the grant-option check reads.
+	paramACL bool
 
 	creds    *preparer
 	revokes  *batcher[*revokeItem]
@@ -87,6 +90,11 @@ type Conn struct {
 	mu      sync.Mutex
 	dbPools map[string]*pgxpool.Pool // per-database pools for cleanup, opened on demand
 	closed  bool
+
+	// riskMu guards riskChecks: recent grant-option checks by set of
+	// entitled roles (see checkGrantOptions).
+	riskMu     sync.Mutex
+	riskChecks map[string]*riskCheck
 
 	// skip names a revoke step to leave out; set only by tests (export_test.go)
 	// to prove that Verify catches an incomplete revocation.
@@ -128,13 +136,14 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 	}
 	pcfg.MaxConns = int32(cfg.MaxConns)
 	c := &Conn{
-		cfg:      cfg,
-		clock:    env.Clock,
-		logger:   env.Logger,
-		dbPools:  make(map[string]*pgxpool.Pool),
-		host:     cfg.Host,
-		port:     cfg.Port,
-		database: cfg.Database,
+		cfg:        cfg,
+		clock:      env.Clock,
+		logger:     env.Logger,
+		dbPools:    make(map[string]*pgxpool.Pool),
+		riskChecks: make(map[string]*riskCheck),
+		host:       cfg.Host,
+		port:       cfg.Port,
+		database:   cfg.Database,
 	}
 	if c.clock == nil {
 		c.clock = lapse.SystemClock{}
@@ -175,7 +184,7 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 	if err != nil {
 		return nil, &lapse.Error{Code: lapse.EUNAVAILABLE, Message: "cannot connect to the PostgreSQL target", Err: fmt.Errorf("postgres: open pool: %w", err)}
 	}
-	if err := pool.QueryRow(ctx, "SELECT current_user").Scan(&c.adminUser); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT current_user, to_regclass('pg_catalog.pg_parameter_acl') IS NOT NULL").Scan(&c.adminUser, &c.paramACL); err != nil {
 		pool.Close()
 		return nil, &lapse.Error{Code: lapse.EUNAVAILABLE, Message: "cannot connect to the PostgreSQL target", Err: fmt.Errorf("postgres: connect: %w", err)}
 	}
@@ -219,11 +228,29 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// ValidateSpec checks an entitlement spec without touching the server.
-// Returns EINVALID naming the offending field.
+// ValidateSpec checks an entitlement spec, and then looks at the server for
+// grant options, ownership, ADMIN OPTION, CREATEROLE or SUPERUSER of its
+// entitled roles (see checkGrantOptions) that the spec does not accept.
+// Returns EINVALID naming the offending field. If the server cannot be asked, the spec is
+// accepted with a warning in the log: Grant repeats the check and fails
+// closed, and loading the catalog must not depend on the target being up.
 func (c *Conn) ValidateSpec(spec map[string]any) error {
-	_, err := parseSpec(spec, c.cfg.Prefix)
-	return err
+	s, err := parseSpec(spec, c.cfg.Prefix)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), validateTimeout)
+	defer cancel()
+	accepted, err := c.checkGrantOptions(ctx, s, true)
+	switch {
+	case lapse.ErrorCode(err) == lapse.EINVALID:
+		return err
+	case err != nil:
+		c.logger.Warn("postgres: cannot check the entitled roles for grant options now; every Grant checks again", "roles", strings.Join(s.Roles, ","), "err", err)
+	case accepted != "":
+		c.logger.Warn("postgres: the spec accepts grant-option risks of its entitled roles", "roles", strings.Join(s.Roles, ","), "risks", accepted)
+	}
+	return nil
 }
 
 // state is the connector's State: everything Revoke and Verify may want
@@ -272,9 +299,12 @@ func (c *Conn) parseState(raw json.RawMessage, login, elevation string) (*state,
 // Grant creates the grant's role. Calling it again for the same grant
 // re-issues the credential of the same role (a fresh password replaces the
 // one that was never delivered) instead of creating a second one.
-// Returns EINVALID for a bad spec, grant ID or deadline, or an entitled
-// role or account that does not exist; EUNAVAILABLE if the server cannot
-// be reached.
+// Returns EINVALID for a bad spec, grant ID or deadline, an entitled role
+// or account that does not exist, or entitled roles through which the
+// grantee could pass privileges on beyond the grant (checkGrantOptions)
+// when the spec does not accept that risk; EUNAVAILABLE if the server
+// cannot be reached. An accepted risk is named in Info
+// ("grant_option_risk").
 func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connector.GrantResponse, error) {
 	login, elev, err := roleNames(c.cfg.Prefix, req.GrantID)
 	if err != nil {
@@ -287,10 +317,23 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 	if req.ExpiresAt.IsZero() {
 		return nil, lapse.FieldErrorf(lapse.EINVALID, "expires_at", "a grant needs a deadline")
 	}
-	if spec.elevation() {
-		return c.grantElevation(ctx, req, spec, elev)
+	// Checked for every Grant, not only when the catalog is loaded: a
+	// grant option given to an entitled role since then counts as well.
+	risk, err := c.checkGrantOptions(ctx, spec, false)
+	if err != nil {
+		return nil, err
 	}
-	return c.grantEphemeral(ctx, req, spec, login)
+	var resp *connector.GrantResponse
+	if spec.elevation() {
+		resp, err = c.grantElevation(ctx, req, spec, elev)
+	} else {
+		resp, err = c.grantEphemeral(ctx, req, spec, login)
+	}
+	if err == nil && risk != "" {
+		resp.Info["grant_option_risk"] = risk
+		c.logger.Warn("postgres: granted with an accepted grant-option risk", "grant_id", req.GrantID, "risks", risk)
+	}
+	return resp, err
 }
 
 func (c *Conn) grantEphemeral(ctx context.Context, req *connector.GrantRequest, spec *Spec, role string) (*connector.GrantResponse, error) {

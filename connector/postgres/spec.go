@@ -28,6 +28,11 @@ const MaxRoles = 32
 //	spec:
 //	  account: app_service
 //	  roles: [app_write]
+//
+// In both modes Grant refuses entitled roles through which the principal
+// could pass privileges on beyond the grant (grant options, ownership,
+// ADMIN OPTION, CREATEROLE, SUPERUSER: see grantoption.go), unless
+// accept_grant_option_risk is true.
 type Spec struct {
 	// Roles are the entitled group roles. They must exist on the server.
 	Roles []string `json:"roles"`
@@ -40,6 +45,13 @@ type Spec struct {
 	// ConnectionLimit caps concurrent sessions of the ephemeral role
 	// (ephemeral mode only). Default: no limit.
 	ConnectionLimit *int `json:"connection_limit,omitempty"`
+	// AcceptGrantOptionRisk lets Grant proceed although an entitled role
+	// (or a role it is a member of) holds a grant option, owns objects,
+	// holds ADMIN OPTION or has CREATEROLE or SUPERUSER: a privilege the
+	// principal passes on with it is recorded with that role as grantor
+	// and survives Revoke. The risk is then named in the grant's Info and
+	// in Discover.
+	AcceptGrantOptionRisk bool `json:"accept_grant_option_risk,omitempty"`
 }
 
 // elevation reports whether the spec selects elevation mode.
@@ -68,7 +80,7 @@ func parseSpec(m map[string]any, prefix string) (*Spec, error) {
 	dec.DisallowUnknownFields()
 	var s Spec
 	if err := dec.Decode(&s); err != nil {
-		return nil, lapse.FieldErrorf(lapse.EINVALID, "spec", "spec must have roles (a list of role names), and optionally account, inherit, connection_limit")
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "spec", "spec must have roles (a list of role names), and optionally account, inherit, connection_limit, accept_grant_option_risk")
 	}
 	if err := s.validate(prefix); err != nil {
 		return nil, err
