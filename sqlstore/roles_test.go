@@ -3,6 +3,7 @@ package sqlstore_test
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -146,7 +147,13 @@ func TestServerRoleIsInsertOnlyOnAuditTables(t *testing.T) {
 		if err := tx.UpdateGrant(ctx, cur); err != nil {
 			return err
 		}
-		return tx.AppendEvent(ctx, &lapse.Event{Time: now, Type: lapse.EventGrantRevoked, GrantID: g.ID, RequestID: req.ID})
+		// As the engine records it: the evidence digest binds a receipt's
+		// checkpoints to this entry.
+		data, err := json.Marshal(map[string]any{"checkpoints": len(cur.Checkpoints), "evidence_digest": lapse.EvidenceDigest(cur.Checkpoints)})
+		if err != nil {
+			return err
+		}
+		return tx.AppendEvent(ctx, &lapse.Event{Time: now, Type: lapse.EventGrantRevoked, GrantID: g.ID, RequestID: req.ID, Data: data})
 	})
 	if err != nil {
 		t.Fatalf("revoke as the server role: %v", err)
