@@ -8,16 +8,25 @@ import (
 // Event is one entry of the append-only audit log: one step of one request
 // or grant, or one administrative act. Data never holds a secret.
 type Event struct {
-	Seq       int64           `json:"seq"`
-	Time      time.Time       `json:"time"`
-	Type      string          `json:"type"`
-	ActorID   string          `json:"actor_id,omitempty"`
-	ActorKind PrincipalKind   `json:"actor_kind,omitempty"`
-	Channel   string          `json:"channel,omitempty"`
-	RequestID string          `json:"request_id,omitempty"`
-	GrantID   string          `json:"grant_id,omitempty"`
-	Outcome   string          `json:"outcome,omitempty"`
-	Data      json.RawMessage `json:"data,omitempty"`
+	Seq       int64         `json:"seq"`
+	Time      time.Time     `json:"time"`
+	Type      string        `json:"type"`
+	ActorID   string        `json:"actor_id,omitempty"`
+	ActorKind PrincipalKind `json:"actor_kind,omitempty"`
+	Channel   string        `json:"channel,omitempty"`
+	RequestID string        `json:"request_id,omitempty"`
+	GrantID   string        `json:"grant_id,omitempty"`
+	Outcome   string        `json:"outcome,omitempty"`
+	// Act is the actor's delegation chain (Principal.Act) when it acted
+	// for someone else.
+	Act []string `json:"act,omitempty"`
+	// RequestHash is the hash of the immutable request this event is
+	// about (Request.Hash), when it is about one: approvals bind to it.
+	RequestHash string `json:"request_hash,omitempty"`
+	// PolicyVersion identifies the policy in force when the event was
+	// written: a content hash of the entitlement catalog.
+	PolicyVersion string          `json:"policy_version,omitempty"`
+	Data          json.RawMessage `json:"data,omitempty"`
 }
 
 // Event types. Names are stable: SIEM rules match on them.
@@ -52,10 +61,12 @@ const (
 
 // Channels through which an action arrived.
 const (
-	ChannelAPI    = "api"
-	ChannelCLI    = "cli"
-	ChannelEngine = "engine"
-	ChannelSystem = "system"
+	ChannelAPI     = "api"
+	ChannelCLI     = "cli"
+	ChannelMCP     = "mcp"     // lapse mcp: an AI agent's tool calls
+	ChannelMachine = "machine" // POST /v1/token: a workload, by policy, with no human
+	ChannelEngine  = "engine"
+	ChannelSystem  = "system"
 )
 
 // EventFilter selects events. Zero fields do not filter.

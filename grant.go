@@ -48,8 +48,11 @@ const (
 // Grant is a materialised privilege: one principal, one entitlement, one
 // target, from StartsAt until ExpiresAt at the latest.
 type Grant struct {
-	ID          string     `json:"id"`
-	RequestID   string     `json:"request_id"`
+	ID        string `json:"id"`
+	RequestID string `json:"request_id"`
+	// RequestHash is the hash of the request the grant was made for, so
+	// every event of the grant names the exact request it carries out.
+	RequestHash string     `json:"request_hash,omitempty"`
 	Principal   Principal  `json:"principal"`
 	Entitlement string     `json:"entitlement"`
 	Target      string     `json:"target"`

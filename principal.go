@@ -41,6 +41,12 @@ type Principal struct {
 	// CredentialID names the credential the caller authenticated with (an
 	// API key's public prefix), for the audit trail. Never a secret.
 	CredentialID string `json:"credential_id,omitempty"`
+	// Act is the delegation chain: the normalised IDs of the principals
+	// this one acts for, the one it acts for directly first (an agent's
+	// sponsor). Empty when the principal acts for itself. It is recorded
+	// with everything the principal does, so a delegated action is never
+	// mistaken for the sponsor's own.
+	Act []string `json:"act,omitempty"`
 }
 
 // InGroup reports whether the principal is a member of group (normalised).

@@ -167,6 +167,12 @@ func TestOpenAPIErrorResponses(t *testing.T) {
 			if status[0] != '4' && status[0] != '5' || name == "GET /readyz" {
 				continue
 			}
+			// The OAuth endpoints answer errors in OAuth's own format
+			// (RFC 6749 §5.2), which OAuth client libraries parse.
+			wantSchema := "#/components/schemas/Error"
+			if strings.HasPrefix(name, "POST /v1/token") {
+				wantSchema = "#/components/schemas/OAuthError"
+			}
 			r, _ := resp.(map[string]any)
 			if ref, ok := r["$ref"].(string); ok {
 				r, _ = resolve(doc, ref).(map[string]any)
@@ -174,7 +180,7 @@ func TestOpenAPIErrorResponses(t *testing.T) {
 			content, _ := r["content"].(map[string]any)
 			mt, _ := content["application/json"].(map[string]any)
 			s, _ := mt["schema"].(map[string]any)
-			if s["$ref"] != "#/components/schemas/Error" {
+			if s["$ref"] != wantSchema {
 				t.Errorf("%s %s does not use the Error schema", name, status)
 			}
 		}
@@ -210,6 +216,8 @@ func TestOpenAPISchemasMatchGo(t *testing.T) {
 		"Ack":             api.Ack{},
 		"AckInput":        api.Ack{}, // same members as the input
 		"Error":           api.ErrorBody{},
+		"TokenResponse":   api.TokenResponse{},
+		"OAuthError":      api.OAuthError{},
 	}
 	for name, v := range types {
 		s, ok := schemas[name].(map[string]any)

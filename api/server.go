@@ -59,6 +59,9 @@ type Server struct {
 	Service lapse.Service
 	// Auth authenticates bearer credentials.
 	Auth Authenticator
+	// Workload authenticates workload tokens (*workload.Verifier) at the
+	// machine lane's token endpoints; nil means no issuer is trusted.
+	Workload Authenticator
 	// Tokens are the token targets by name.
 	Tokens map[string]TokenTarget
 	// Gatherer, when set, is served at /metrics.
@@ -79,7 +82,7 @@ type Server struct {
 // Header names of the wire contract.
 const (
 	// HeaderChannel tells the server which surface a call came through;
-	// "cli" and "api" are accepted, anything else counts as "api".
+	// "cli", "mcp" and "api" are accepted, anything else counts as "api".
 	HeaderChannel   = "X-Lapse-Channel"
 	headerRequestID = "X-Request-Id"
 )
@@ -139,6 +142,11 @@ var routes = []route{
 	{"POST", "/v1/audit/checkpoint", authed, (*Server).signCheckpoint},
 	{"GET", "/v1/audit/proof/inclusion", authed, (*Server).inclusionProof},
 	{"GET", "/v1/audit/proof/consistency", authed, (*Server).consistencyProof},
+
+	// The machine lane (token_exchange.go): the subject token or bearer
+	// is checked by the handlers, which answer in OAuth's format.
+	{"POST", "/v1/token", public, (*Server).tokenExchange},
+	{"POST", "/v1/token/revoke", public, (*Server).tokenRevoke},
 
 	{"GET", "/v1/targets/{name}/jwks.json", public, (*Server).jwks},
 	{"POST", "/v1/targets/{name}/introspect", introspect, (*Server).introspect},
@@ -225,8 +233,9 @@ func (s *Server) endpoint(rt route) http.Handler {
 }
 
 func channel(h string) string {
-	if h == lapse.ChannelCLI {
-		return lapse.ChannelCLI
+	switch h {
+	case lapse.ChannelCLI, lapse.ChannelMCP:
+		return h
 	}
 	return lapse.ChannelAPI
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/goccy/go-yaml/parser"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/authn/workload"
 )
 
 // Defaults for fields the file leaves out.
@@ -78,6 +79,9 @@ type Config struct {
 	SealingKey lapse.SecretRef
 	Engine     Engine
 	Audit      Audit
+	// Workload is the machine lane's trust: the issuers whose workload
+	// tokens Lapse accepts at the token endpoint.
+	Workload Workload
 	// Targets are the configured connector instances, by name.
 	Targets map[string]*Target
 	// Entitlements is the catalog, in file order.
@@ -139,6 +143,12 @@ type Audit struct {
 	SinkGrace time.Duration
 }
 
+// Workload configures workload identity (docs/machine-lane.md). Paths in
+// the issuers are absolute. Every mapping has compiled and type-checked.
+type Workload struct {
+	Issuers []workload.IssuerConfig
+}
+
 // Target is one connector instance.
 type Target struct {
 	Name string
@@ -170,6 +180,7 @@ type rawConfig struct {
 	SealingKey   lapse.SecretRef      `yaml:"sealing_key"`
 	Engine       rawEngine            `yaml:"engine"`
 	Audit        rawAudit             `yaml:"audit"`
+	Workload     rawWorkload          `yaml:"workload"`
 	Targets      map[string]rawTarget `yaml:"targets"`
 	Entitlements []rawEntitlement     `yaml:"entitlements"`
 }
@@ -201,6 +212,10 @@ type rawAudit struct {
 	CheckpointURL  string         `yaml:"checkpoint_url"`
 	Interval       lapse.Duration `yaml:"interval"`
 	SinkGrace      lapse.Duration `yaml:"sink_grace"`
+}
+
+type rawWorkload struct {
+	Issuers []workload.IssuerConfig `yaml:"issuers"`
 }
 
 type rawTarget struct {
@@ -462,6 +477,8 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 		v.errorf(path("audit", "sink_grace"), "must be between 0 (degraded at the first failed publication) and 24h")
 	}
 
+	c.Workload = v.workload(&raw.Workload, rel)
+
 	names := make([]string, 0, len(raw.Targets))
 	for name := range raw.Targets {
 		names = append(names, name)
@@ -529,6 +546,44 @@ func (v *validator) engine(r *rawEngine) Engine {
 		v.errorf(path("engine", "overdue_rate"), "must be a rate per second between 0 and 1000000 (0 or left out for the default)")
 	}
 	return e
+}
+
+// workload validates the trusted issuers, compiling their CEL mappings, and
+// resolves their relative paths.
+func (v *validator) workload(r *rawWorkload, rel func(string) string) Workload {
+	w := Workload{Issuers: r.Issuers}
+	for i := range w.Issuers {
+		w.Issuers[i].JWKSFile = rel(w.Issuers[i].JWKSFile)
+		w.Issuers[i].CAFile = rel(w.Issuers[i].CAFile)
+	}
+	for _, err := range workload.ValidateAll(w.Issuers) {
+		v.errs = append(v.errs, workloadError(v.file, v.root, err))
+	}
+	return w
+}
+
+// workloadError positions an *workload.IssuerError at its issuer's field.
+func workloadError(file string, root ast.Node, err error) *Error {
+	steps := []step{"workload", "issuers"}
+	var ie *workload.IssuerError
+	if errors.As(err, &ie) {
+		steps = append(steps, ie.Index)
+		if f := lapse.ErrorField(ie.Err); f != "" {
+			steps = append(steps, fieldSteps(f)...)
+		}
+		err = ie.Err
+	}
+	return errorAt(file, root, steps, err)
+}
+
+// WorkloadError positions an error of building the workload verifier (a
+// key file that cannot be read, a bad CA file) at the issuer's field.
+func (c *Config) WorkloadError(err error) error {
+	var ce *Error
+	if err == nil || errors.As(err, &ce) {
+		return err
+	}
+	return workloadError(c.File, c.root, err)
 }
 
 // entitlement validates one catalog entry; it returns nil if the entry is

@@ -22,6 +22,7 @@ import (
 	"github.com/lapsehq/lapse/api"
 	"github.com/lapsehq/lapse/audit"
 	"github.com/lapsehq/lapse/authn"
+	"github.com/lapsehq/lapse/authn/workload"
 	"github.com/lapsehq/lapse/broker"
 	"github.com/lapsehq/lapse/config"
 	"github.com/lapsehq/lapse/connector"
@@ -234,6 +235,18 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		return fmt.Errorf("audit log %s: %w", cfg.Audit.SigningKeyFile, err)
 	}
 
+	// Workload identity: key files are read and mappings compiled now;
+	// issuers are asked for keys only when a token needs them, so an
+	// unreachable issuer never stops a server that must keep revoking.
+	var workloads api.Authenticator
+	if len(cfg.Workload.Issuers) > 0 {
+		v, err := workload.New(cfg.Workload.Issuers, workload.Options{Clock: s.Clock, Logger: s.Logger.With("component", "workload")})
+		if err != nil {
+			return cfg.WorkloadError(err)
+		}
+		workloads = v
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.Broker, err = broker.New(broker.Config{
@@ -301,6 +314,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	handler := (&api.Server{
 		Service:  s.Broker,
 		Auth:     &authn.APIKeys{Keys: s.Store, Clock: s.Clock},
+		Workload: workloads,
 		Tokens:   tokens,
 		Gatherer: reg,
 		Ready:    s.Broker.Ready,
