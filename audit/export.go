@@ -18,18 +18,23 @@ const ExportSchema = "lapse.audit.v1"
 // no field can break a line or start another record). docs/audit.md
 // documents each member; members are only ever added.
 type ExportRecord struct {
-	Schema    string          `json:"schema"`
-	Origin    string          `json:"origin"`
-	Seq       int64           `json:"seq"`
-	Time      *time.Time      `json:"time,omitempty"`
-	Type      string          `json:"type"`
-	ActorID   string          `json:"actor_id"`
-	ActorKind string          `json:"actor_kind"`
-	Channel   string          `json:"channel"`
-	RequestID string          `json:"request_id"`
-	GrantID   string          `json:"grant_id"`
-	Outcome   string          `json:"outcome"`
-	Data      json.RawMessage `json:"data,omitempty"`
+	Schema    string     `json:"schema"`
+	Origin    string     `json:"origin"`
+	Seq       int64      `json:"seq"`
+	Time      *time.Time `json:"time,omitempty"`
+	Type      string     `json:"type"`
+	ActorID   string     `json:"actor_id"`
+	ActorKind string     `json:"actor_kind"`
+	Channel   string     `json:"channel"`
+	RequestID string     `json:"request_id"`
+	GrantID   string     `json:"grant_id"`
+	Outcome   string     `json:"outcome"`
+	// Act is the actor's delegation chain, nearest first; absent when the
+	// actor acted for itself.
+	Act           []string        `json:"act,omitempty"`
+	RequestHash   string          `json:"request_hash,omitempty"`
+	PolicyVersion string          `json:"policy_version,omitempty"`
+	Data          json.RawMessage `json:"data,omitempty"`
 	// DataText holds data that is not valid JSON, as a string, instead of
 	// Data; it never occurs for entries Lapse wrote.
 	DataText string `json:"data_text,omitempty"`
@@ -44,7 +49,10 @@ func RecordOf(origin string, e *Entry) *ExportRecord {
 		Schema: ExportSchema, Origin: origin, Seq: e.Seq,
 		Type: string(e.Type), ActorID: string(e.ActorID), ActorKind: string(e.ActorKind),
 		Channel: string(e.Channel), RequestID: string(e.RequestID), GrantID: string(e.GrantID),
-		Outcome: string(e.Outcome),
+		Outcome: string(e.Outcome), RequestHash: string(e.RequestHash), PolicyVersion: string(e.PolicyVersion),
+	}
+	if len(e.Act) > 0 && json.Unmarshal(e.Act, &r.Act) != nil {
+		r.Act = []string{string(e.Act)} // not a list: shown as stored; verify reports the entry
 	}
 	if e.HasTime {
 		t := time.Unix(0, e.Time).UTC()

@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -10,10 +12,10 @@ import (
 
 // LeafVersion is the first byte of every leaf. A change to the encoding
 // gets a new version; verifiers refuse versions they do not know.
-const LeafVersion = 1
+const LeafVersion = 2
 
 // leafFields is the number of length-prefixed fields after the fixed part.
-const leafFields = 8
+const leafFields = 11
 
 // Entry is one event in its stored form, as a Backend hands it to Verify:
 // the column values as bytes, without converting them into a lapse.Event,
@@ -34,6 +36,13 @@ type Entry struct {
 	RequestID []byte
 	GrantID   []byte
 	Outcome   []byte
+	// Act is the actor's delegation chain as stored: a JSON list of
+	// principal IDs, or empty when the actor acted for itself.
+	Act []byte
+	// RequestHash and PolicyVersion are the request hash and policy
+	// version the event records, verbatim (empty when none).
+	RequestHash   []byte
+	PolicyVersion []byte
 	// Data is the event's JSON data exactly as stored; empty when none.
 	Data []byte
 	// Leaf is the stored leaf hash, or nil when the entry has not been
@@ -52,7 +61,12 @@ func EntryOf(e *lapse.Event) Entry {
 		RequestID: []byte(e.RequestID),
 		GrantID:   []byte(e.GrantID),
 		Outcome:   []byte(e.Outcome),
-		Data:      []byte(e.Data),
+		// The store keeps an empty chain as NULL and any other as its
+		// JSON encoding, so this is exactly what a Backend hands over.
+		Act:           actBytes(e.Act),
+		RequestHash:   []byte(e.RequestHash),
+		PolicyVersion: []byte(e.PolicyVersion),
+		Data:          []byte(e.Data),
 	}
 	if !e.Time.IsZero() {
 		en.Time, en.HasTime = e.Time.UnixNano(), true
@@ -66,7 +80,8 @@ func EntryOf(e *lapse.Event) Entry {
 //	seq      8 bytes big-endian
 //	time     1 byte 0 (no time) or 1 followed by 8 bytes big-endian Unix ns
 //	then type, actor_id, actor_kind, channel, request_id, grant_id,
-//	outcome, data: each a 4-byte big-endian length and that many bytes
+//	outcome, act, request_hash, policy_version, data: each a 4-byte
+//	big-endian length and that many bytes
 //
 // Every field has its length in front of it, so no content — newlines,
 // control characters, JSON or a copy of another encoding — can move a
@@ -82,7 +97,8 @@ func AppendLeaf(dst []byte, e *Entry) []byte {
 	} else {
 		dst = append(dst, 0)
 	}
-	for _, f := range [leafFields][]byte{e.Type, e.ActorID, e.ActorKind, e.Channel, e.RequestID, e.GrantID, e.Outcome, e.Data} {
+	for _, f := range [leafFields][]byte{e.Type, e.ActorID, e.ActorKind, e.Channel, e.RequestID, e.GrantID, e.Outcome,
+		e.Act, e.RequestHash, e.PolicyVersion, e.Data} {
 		dst = binary.BigEndian.AppendUint32(dst, uint32(len(f)))
 		dst = append(dst, f...)
 	}
@@ -139,7 +155,23 @@ func ParseLeaf(b []byte) (*lapse.Event, error) {
 	e.Type, e.ActorID, e.ActorKind = string(f[0]), string(f[1]), lapse.PrincipalKind(f[2])
 	e.Channel, e.RequestID, e.GrantID, e.Outcome = string(f[3]), string(f[4]), string(f[5]), string(f[6])
 	if len(f[7]) > 0 {
-		e.Data = append([]byte(nil), f[7]...)
+		if err := json.Unmarshal(f[7], &e.Act); err != nil || len(e.Act) == 0 || !bytes.Equal(actBytes(e.Act), f[7]) {
+			return nil, errBadLeaf // not the one encoding AppendLeaf would write
+		}
+	}
+	e.RequestHash, e.PolicyVersion = string(f[8]), string(f[9])
+	if len(f[10]) > 0 {
+		e.Data = append([]byte(nil), f[10]...)
 	}
 	return e, nil
+}
+
+// actBytes is the stored and leaf form of a delegation chain: nothing for
+// an empty one, else its JSON encoding.
+func actBytes(act []string) []byte {
+	if len(act) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(act) // a list of strings always encodes
+	return b
 }

@@ -19,10 +19,11 @@ func TestLeafGolden(t *testing.T) {
 	ev := &lapse.Event{
 		Seq: 7, Time: time.Unix(0, 1700000000123456789).UTC(), Type: "grant.revoked",
 		ActorID: "bob", ActorKind: lapse.KindHuman, Channel: "api", RequestID: "rq_1", GrantID: "gr_1",
-		Outcome: "verified", Data: json.RawMessage(`{"n":1}`),
+		Outcome: "verified", Act: []string{"carol"}, RequestHash: "ab12", PolicyVersion: "sha256:cd34",
+		Data: json.RawMessage(`{"n":1}`),
 	}
 	got := hex.EncodeToString(audit.EncodeLeaf(ev))
-	want := "01" + "0000000000000007" + "01" + "17979cfe3d85cd15" +
+	want := "02" + "0000000000000007" + "01" + "17979cfe3d85cd15" +
 		"0000000d" + hex.EncodeToString([]byte("grant.revoked")) +
 		"00000003" + hex.EncodeToString([]byte("bob")) +
 		"00000005" + hex.EncodeToString([]byte("human")) +
@@ -30,6 +31,9 @@ func TestLeafGolden(t *testing.T) {
 		"00000004" + hex.EncodeToString([]byte("rq_1")) +
 		"00000004" + hex.EncodeToString([]byte("gr_1")) +
 		"00000008" + hex.EncodeToString([]byte("verified")) +
+		"00000009" + hex.EncodeToString([]byte(`["carol"]`)) +
+		"00000004" + hex.EncodeToString([]byte("ab12")) +
+		"0000000b" + hex.EncodeToString([]byte("sha256:cd34")) +
 		"00000007" + hex.EncodeToString([]byte(`{"n":1}`))
 	if got != want {
 		t.Fatalf("leaf =\n%s\nwant\n%s", got, want)
@@ -43,9 +47,17 @@ func TestLeafGolden(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Fatalf("round trip:\n%s\n%s", a, b)
 	}
+	// An act chain has one encoding: a list in JSON, never an empty one.
+	for _, bad := range []string{`[]`, `[ "carol"]`, `"carol"`} {
+		leaf := audit.EncodeLeaf(&lapse.Event{Seq: 1, Type: "x", Act: []string{"carol"}})
+		leaf = bytes.Replace(leaf, []byte("\x00\x00\x00\x09[\"carol\"]"), append([]byte{0, 0, 0, byte(len(bad))}, bad...), 1)
+		if _, err := audit.ParseLeaf(leaf); err == nil {
+			t.Errorf("a leaf with act %s parsed", bad)
+		}
+	}
 	// No time is one zero byte, not a zero timestamp.
 	bare := audit.EncodeLeaf(&lapse.Event{Seq: 1, Type: "x"})
-	if hex.EncodeToString(bare[:10]) != "01000000000000000100" {
+	if hex.EncodeToString(bare[:10]) != "02000000000000000100" {
 		t.Fatalf("bare leaf starts %x", bare[:10])
 	}
 }

@@ -2,12 +2,18 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"sort"
 	"time"
 
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -95,76 +101,81 @@ func Verify(ctx context.Context, b Backend, opts VerifyOptions) (*Report, error)
 	}
 
 	var (
-		rng        = rangeFactory.NewEmptyRange(0)
+		arena      hashArena
+		rng        = arena.rangeFactory().NewEmptyRange(0)
 		expected   = int64(1)
 		pendingAt  int64 // first entry without a leaf hash
-		leafBuf    = make([]byte, 0, 1024)
-		hashBuf    = make([]byte, 0, 1025)
-		seed       = maphash.MakeSeed()
-		seen       = make(map[uint64]int64, 1<<16)
-		dupes      [][2]int64
+		repeats    = newRepeatFinder()
 		nextHead   = 0
 		lastGood   uint64
 		headFailed bool
 	)
-	err = b.Scan(ctx, 0, 0, func(e *Entry) error {
-		if e.Seq != expected {
-			if e.Seq > expected {
-				r.add(expected, "entries %d to %d are missing", expected, e.Seq-1)
-			} else {
-				r.add(e.Seq, "entry %d is out of order", e.Seq)
+	// The store is read on a goroutine of its own, which encodes each
+	// entry's leaf into batches; this one hashes and checks them, in
+	// sequence order, exactly as if it read the entries itself. Reading
+	// (the database and its driver) takes longer than hashing and
+	// checking, so on two cores the checks cost almost no time of their
+	// own (docs/benchmarks.md).
+	err = scanBatches(ctx, b, func(bt *entryBatch) error {
+		for i := range bt.ents {
+			be := &bt.ents[i]
+			seq := be.seq
+			if seq != expected {
+				if seq > expected {
+					r.add(expected, "entries %d to %d are missing", expected, seq-1)
+				} else {
+					r.add(seq, "entry %d is out of order", seq)
+				}
+				expected = seq
 			}
-			expected = e.Seq
-		}
-		expected++
-		r.Entries++
-		leafBuf = AppendLeaf(leafBuf[:0], e)
-		h := hashLeaf(leafBuf, hashBuf)
-		switch {
-		case e.Leaf == nil:
-			if pendingAt == 0 {
-				pendingAt = e.Seq
+			expected++
+			r.Entries++
+			// bt.buf holds 0x00 || leaf: the RFC 6962 leaf hash input.
+			prefixed := bt.buf[be.start:be.leafEnd]
+			h := arena.next()
+			*(*[HashSize]byte)(h) = sha256.Sum256(prefixed)
+			switch {
+			case !be.integrated:
+				if pendingAt == 0 {
+					pendingAt = seq
+				}
+			case pendingAt != 0:
+				r.add(pendingAt, "entry %d has no leaf hash but entry %d after it has one", pendingAt, seq)
+				pendingAt = -1 // reported once
+			default:
+				r.Integrated++
+				if !bytes.Equal(bt.buf[be.leafEnd:be.hashEnd], h) {
+					r.add(seq, "entry %d does not match its leaf hash: it was altered, moved or replaced", seq)
+				}
 			}
-		case pendingAt != 0:
-			r.add(pendingAt, "entry %d has no leaf hash but entry %d after it has one", pendingAt, e.Seq)
-			pendingAt = -1 // reported once
-		default:
-			r.Integrated++
-			if !bytes.Equal(e.Leaf, h[:]) {
-				r.add(e.Seq, "entry %d does not match its leaf hash: it was altered, moved or replaced", e.Seq)
+			// Everything but the prefix, the version and the sequence
+			// number: two entries with the same content are one entry
+			// written twice.
+			repeats.add(prefixed[1+9:], seq)
+			if err := rng.Append(h, nil); err != nil {
+				return err
 			}
-		}
-		// Everything but the version and the sequence number: two entries
-		// with the same content are one entry written twice.
-		k := maphash.Bytes(seed, leafBuf[9:])
-		if first, ok := seen[k]; ok {
-			dupes = append(dupes, [2]int64{first, e.Seq})
-		} else {
-			seen[k] = e.Seq
-		}
-		if err := rng.Append(h[:], nil); err != nil {
-			return err
-		}
-		for nextHead < len(heads) && heads[nextHead].size == rng.End() {
-			hd := heads[nextHead]
-			nextHead++
-			if bytes.Equal(rootOf(rng), hd.root) {
+			for nextHead < len(heads) && heads[nextHead].size == rng.End() {
+				hd := heads[nextHead]
+				nextHead++
+				if bytes.Equal(rootOf(rng), hd.root) {
+					if !headFailed {
+						lastGood = hd.size
+					}
+					continue
+				}
 				if !headFailed {
-					lastGood = hd.size
+					// A finding about one entry in the range explains the
+					// mismatch and names the entry more precisely.
+					at := int64(lastGood) + 1
+					if r.FirstBad > at {
+						at = r.FirstBad
+					}
+					r.add(at, "the %s checkpoint of size %d does not match the entries: an entry from %d to %d was altered, inserted or removed",
+						hd.source, hd.size, lastGood+1, hd.size)
 				}
-				continue
+				headFailed = true
 			}
-			if !headFailed {
-				// A finding about one entry in the range explains the
-				// mismatch and names the entry more precisely.
-				at := int64(lastGood) + 1
-				if r.FirstBad > at {
-					at = r.FirstBad
-				}
-				r.add(at, "the %s checkpoint of size %d does not match the entries: an entry from %d to %d was altered, inserted or removed",
-					hd.source, hd.size, lastGood+1, hd.size)
-			}
-			headFailed = true
 		}
 		return nil
 	})
@@ -183,7 +194,7 @@ func Verify(ctx context.Context, b Backend, opts VerifyOptions) (*Report, error)
 	if treeSize > uint64(r.Entries) {
 		r.add(r.Entries+1, "the tree has %d leaves but the log only %d entries: entries were removed", treeSize, r.Entries)
 	}
-	for _, d := range dupes {
+	for _, d := range repeats.pairs() {
 		same, err := sameContent(ctx, b, d[0], d[1])
 		if err != nil {
 			return nil, err
@@ -262,4 +273,180 @@ func sameContent(ctx context.Context, b Backend, a, c int64) (bool, error) {
 	}
 	la, lc := EncodeLeaf(ea[0]), EncodeLeaf(ec[0])
 	return bytes.Equal(la[9:], lc[9:]), nil
+}
+
+// Batches handed from the reading goroutine to the checking one. A batch
+// is large enough that handing it over costs nothing per entry, and small
+// enough that the batches in flight stay in the CPUs' caches.
+const (
+	batchEntries = 512
+	batchBytes   = 128 << 10
+	batchesInUse = 4
+)
+
+// entryBatch is a run of entries as the checking goroutine needs them:
+// each one's leaf, prefixed with 0x00, and its stored leaf hash, back to
+// back in buf.
+type entryBatch struct {
+	buf  []byte
+	ents []batchEntry
+}
+
+type batchEntry struct {
+	seq int64
+	// buf[start:leafEnd] is 0x00 || leaf; buf[leafEnd:hashEnd] the stored
+	// leaf hash, valid when integrated.
+	start, leafEnd, hashEnd int
+	integrated              bool
+}
+
+var errScanStopped = errors.New("audit: scan stopped")
+
+// scanBatches reads every entry of b on a new goroutine, encodes the
+// leaves into batches and calls check with each batch, in sequence order,
+// on the calling goroutine. Batches are recycled, so the scan allocates
+// nothing per entry. It returns the first error of the scan or of check.
+func scanBatches(ctx context.Context, b Backend, check func(*entryBatch) error) error {
+	var (
+		full    = make(chan *entryBatch, batchesInUse)
+		free    = make(chan *entryBatch, batchesInUse)
+		stop    = make(chan struct{})
+		scanErr error
+	)
+	for range batchesInUse {
+		free <- &entryBatch{buf: make([]byte, 0, batchBytes+4096), ents: make([]batchEntry, 0, batchEntries)}
+	}
+	go func() {
+		defer close(full)
+		bt := <-free
+		send := func() error {
+			select {
+			case full <- bt:
+			case <-stop:
+				return errScanStopped
+			}
+			select {
+			case bt = <-free:
+			case <-stop:
+				return errScanStopped
+			}
+			bt.buf, bt.ents = bt.buf[:0], bt.ents[:0]
+			return nil
+		}
+		scanErr = b.Scan(ctx, 0, 0, func(e *Entry) error {
+			start := len(bt.buf)
+			bt.buf = append(bt.buf, rfc6962.RFC6962LeafHashPrefix)
+			bt.buf = AppendLeaf(bt.buf, e)
+			leafEnd := len(bt.buf)
+			bt.buf = append(bt.buf, e.Leaf...)
+			bt.ents = append(bt.ents, batchEntry{seq: e.Seq, start: start, leafEnd: leafEnd, hashEnd: len(bt.buf), integrated: e.Leaf != nil})
+			if len(bt.ents) == batchEntries || len(bt.buf) >= batchBytes {
+				return send()
+			}
+			return nil
+		})
+		if scanErr == nil && len(bt.ents) > 0 {
+			scanErr = send()
+		}
+	}()
+	var checkErr error
+	for bt := range full {
+		if checkErr == nil {
+			if checkErr = check(bt); checkErr != nil {
+				close(stop) // the scan ends at its next entry; drain until it has
+			}
+		}
+		free <- bt
+	}
+	// full is closed: the scanning goroutine has set scanErr and ended.
+	if checkErr != nil {
+		return checkErr
+	}
+	return scanErr
+}
+
+// hashArena hands out hash-sized slices cut from larger blocks. The
+// compact range keeps the slices it is given, so the verifier cannot reuse
+// one buffer; an allocation per leaf and per interior node was a
+// measurable part of its time. A block is freed once the range holds no
+// hash in it.
+type hashArena struct{ block []byte }
+
+func (a *hashArena) next() []byte {
+	if len(a.block) < HashSize {
+		a.block = make([]byte, 1024*HashSize)
+	}
+	h := a.block[:HashSize:HashSize]
+	a.block = a.block[HashSize:]
+	return h
+}
+
+// rangeFactory returns a compact range factory whose node hashes come
+// from the arena.
+func (a *hashArena) rangeFactory() *compact.RangeFactory {
+	return &compact.RangeFactory{Hash: func(l, r []byte) []byte {
+		var in [1 + 2*HashSize]byte
+		in[0] = rfc6962.RFC6962NodeHashPrefix
+		copy(in[1:], l)
+		copy(in[1+HashSize:], r)
+		h := a.next()
+		*(*[HashSize]byte)(h) = sha256.Sum256(in[:])
+		return h
+	}}
+}
+
+// repeatFinder finds entries with equal content (by a hash of it; Verify
+// compares the candidates' content afterwards). A map from content hash to
+// first entry, probed once per entry, cost a cache miss per entry at a
+// million entries: a third of the checking goroutine's time. Instead the
+// hashes are appended to one of 256 partitions by their top byte, in scan
+// order, and each partition — a few thousand entries, small enough to
+// stay in cache — is searched at the end.
+type repeatFinder struct {
+	seed  maphash.Seed
+	n     int64 // entries added: the scan position of the next one
+	parts [256][]contentHash
+}
+
+type contentHash struct {
+	hash uint64
+	seq  int64
+	pos  int64 // scan position
+}
+
+func newRepeatFinder() *repeatFinder { return &repeatFinder{seed: maphash.MakeSeed()} }
+
+func (f *repeatFinder) add(content []byte, seq int64) {
+	h := maphash.Bytes(f.seed, content)
+	p := &f.parts[h>>56]
+	*p = append(*p, contentHash{hash: h, seq: seq, pos: f.n})
+	f.n++
+}
+
+// pairs returns, for every entry whose content hash equals an earlier
+// entry's, the sequence numbers of the first entry with that hash and of
+// the entry, in scan order of the latter.
+func (f *repeatFinder) pairs() [][2]int64 {
+	type pair struct {
+		pos        int64
+		first, seq int64
+	}
+	var found []pair
+	first := make(map[uint64]int64)
+	for _, p := range f.parts {
+		clear(first)
+		for _, c := range p { // in scan order: partitions are appended to in order
+			if s, ok := first[c.hash]; ok {
+				found = append(found, pair{c.pos, s, c.seq})
+			} else {
+				first[c.hash] = c.seq
+			}
+		}
+	}
+	slices.SortFunc(found, func(a, b pair) int { return cmp.Compare(a.pos, b.pos) })
+	out := make([][2]int64, len(found))
+	for i, p := range found {
+		out[i] = [2]int64{p.first, p.seq}
+	}
+	return out
 }

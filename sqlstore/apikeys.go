@@ -18,7 +18,7 @@ func scanAPIKey(sc scanner) (*lapse.APIKey, error) {
 	)
 	p := &k.Principal
 	if err := sc.Scan(&k.Prefix, &k.ID, &p.ID, &pc.kind, &p.Name, &pc.groups, &pc.scopes, &p.CredentialID,
-		&scopes, &k.Name, &k.Hash, &createdAt, &expiresAt, &revokedAt, &lastUsedAt, &k.CreatedBy); err != nil {
+		&scopes, &k.Name, &k.Hash, &createdAt, &expiresAt, &revokedAt, &lastUsedAt, &k.CreatedBy, &pc.act); err != nil {
 		return nil, err
 	}
 	var d dec
@@ -106,7 +106,7 @@ func (t *tx) InsertAPIKey(ctx context.Context, k *lapse.APIKey) error {
 		return e.err
 	}
 	res, err := t.exec(ctx, qInsertAPIKey, prefix, id, p[0], p[1], p[2], p[3], p[4], p[5],
-		scopes, name, blob(k.Hash), createdAt, expiresAt, revokedAt, lastUsedAt, createdBy)
+		scopes, name, blob(k.Hash), createdAt, expiresAt, revokedAt, lastUsedAt, createdBy, e.strings(k.Principal.Act))
 	if err != nil {
 		return t.fail("insert api key", err)
 	}

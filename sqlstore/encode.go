@@ -157,8 +157,8 @@ func bytesOf(b []byte) []byte {
 
 // principalCols holds the scanned columns of an embedded principal.
 type principalCols struct {
-	kind           string
-	groups, scopes sql.NullString
+	kind                string
+	groups, scopes, act sql.NullString
 }
 
 // dests returns the scan destinations of the six principal columns, in the
@@ -172,6 +172,7 @@ func (pc *principalCols) fill(d *dec, p *lapse.Principal) {
 	p.Kind = lapse.PrincipalKind(pc.kind)
 	p.Groups = d.strings(pc.groups)
 	p.Scopes = d.strings(pc.scopes)
+	p.Act = d.strings(pc.act)
 }
 
 // principal returns the six principal columns' values; field names the

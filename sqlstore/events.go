@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"fmt"
 
 	"github.com/lapsehq/lapse"
 )
@@ -22,6 +23,13 @@ func (t *tx) AppendEvent(ctx context.Context, ev *lapse.Event) error {
 	text := [...]string{e.text("type", ev.Type), e.text("actor_id", ev.ActorID), e.text("actor_kind", string(ev.ActorKind)),
 		e.text("channel", ev.Channel), e.text("request_id", ev.RequestID), e.text("grant_id", ev.GrantID), e.text("outcome", ev.Outcome)}
 	data := e.rawJSON("data", ev.Data)
+	// An empty chain is NULL, never "[]": the log hashes the stored bytes
+	// (audit.Entry.Act), so one chain has exactly one stored form.
+	var act any
+	if len(ev.Act) > 0 {
+		act = e.strings(ev.Act)
+	}
+	requestHash, policy := e.text("request_hash", ev.RequestHash), e.text("policy_version", ev.PolicyVersion)
 	if e.err != nil {
 		return e.err
 	}
@@ -38,7 +46,7 @@ func (t *tx) AppendEvent(ctx context.Context, ev *lapse.Event) error {
 	seq := t.buf.nextSeq
 	t.buf.nextSeq++
 	t.buf.events = append(t.buf.events, seq, at, text[0], text[1], text[2], text[3],
-		text[4], text[5], text[6], data)
+		text[4], text[5], text[6], data, act, requestHash, policy)
 	t.set(&ev.Seq, seq)
 	return nil
 }
@@ -48,15 +56,20 @@ func scanEvent(sc scanner) (*lapse.Event, error) {
 	var (
 		at        sql.NullInt64
 		actorKind string
-		data      sql.NullString
+		data, act sql.NullString
 	)
 	if err := sc.Scan(&ev.Seq, &at, &ev.Type, &ev.ActorID, &actorKind, &ev.Channel, &ev.RequestID,
-		&ev.GrantID, &ev.Outcome, &data); err != nil {
+		&ev.GrantID, &ev.Outcome, &data, &act, &ev.RequestHash, &ev.PolicyVersion); err != nil {
 		return nil, err
 	}
 	ev.Time = timeOf(at)
 	ev.ActorKind = lapse.PrincipalKind(actorKind)
 	ev.Data = rawOf(data)
+	var d dec
+	ev.Act = d.strings(act)
+	if d.err != nil {
+		return nil, fmt.Errorf("decode event %d: %w", ev.Seq, d.err)
+	}
 	return ev, nil
 }
 

@@ -26,7 +26,7 @@ func scanGrant(sc scanner) (*lapse.Grant, error) {
 		&g.Entitlement, &g.Target, &g.TaskID, &state, &endReason,
 		&startsAt, &expiresAt, &dueAt, &g.ConnectorState, &info, &g.SealedCredentials, &g.SealedProbe, &g.CredentialsClaimed,
 		&g.Attempts, &g.LastError, &g.LeaseOwner, &leaseUntil, &g.Fence,
-		&createdAt, &activatedAt, &revokeStartedAt, &revokedAt, &g.Version)
+		&createdAt, &activatedAt, &revokeStartedAt, &revokedAt, &g.Version, &pc.act, &g.RequestHash)
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +415,7 @@ func (t *tx) InsertGrant(ctx context.Context, g *lapse.Grant) error {
 		text[0], text[1], text[2], text[3], text[4],
 		startsAt, expiresAt, dueAt, blob(g.ConnectorState), info, blob(g.SealedCredentials), blob(g.SealedProbe), g.CredentialsClaimed,
 		g.Attempts, diagnostic(g.LastError), text[5], leaseUntil, g.Fence,
-		createdAt, activatedAt, revokeStartedAt, revokedAt, int64(1))
+		createdAt, activatedAt, revokeStartedAt, revokedAt, int64(1), e.strings(g.Principal.Act), e.text("request_hash", g.RequestHash))
 	if err != nil {
 		return t.fail("insert grant", err)
 	}

@@ -56,23 +56,24 @@ const (
 const (
 	requestCols = "id, requester_id, requester_kind, requester_name, requester_groups, requester_scopes, " +
 		"requester_credential_id, entitlement, duration_ns, reason, ticket, task_id, channel, hash, state, " +
-		"required, grant_id, decision_note, created_at, expires_at, decided_at, version"
+		"required, grant_id, decision_note, created_at, expires_at, decided_at, version, requester_act"
 	approvalCols = "request_id, approver_id, approver_kind, approver_name, approver_groups, approver_scopes, " +
-		"approver_credential_id, decision, comment, request_hash, channel, created_at"
+		"approver_credential_id, decision, comment, request_hash, channel, created_at, approver_act"
 	grantCols = "id, request_id, principal_id, principal_kind, principal_name, principal_groups, " +
 		"principal_scopes, principal_credential_id, entitlement, target, task_id, state, end_reason, " +
 		"starts_at, expires_at, due_at, connector_state, info, sealed_credentials, sealed_probe, credentials_claimed, " +
 		"attempts, last_error, lease_owner, lease_until, fence, created_at, activated_at, " +
-		"revoke_started_at, revoked_at, version"
+		"revoke_started_at, revoked_at, version, principal_act, request_hash"
 	checkpointCols = "grant_id, name, kind, created_at, revoked_at, verified_at, evidence, residue"
-	eventCols      = "seq, event_time, event_type, actor_id, actor_kind, channel, request_id, grant_id, outcome, data"
-	apiKeyCols     = "prefix, id, principal_id, principal_kind, principal_name, principal_groups, " +
+	eventCols      = "seq, event_time, event_type, actor_id, actor_kind, channel, request_id, grant_id, outcome, data, " +
+		"act, request_hash, policy_version"
+	apiKeyCols = "prefix, id, principal_id, principal_kind, principal_name, principal_groups, " +
 		"principal_scopes, principal_credential_id, scopes, name, hash, created_at, expires_at, " +
-		"revoked_at, last_used_at, created_by"
+		"revoked_at, last_used_at, created_by, principal_act"
 	// apiKeyListCols reads NULL for the hash: lists never carry hashes.
 	apiKeyListCols = "prefix, id, principal_id, principal_kind, principal_name, principal_groups, " +
 		"principal_scopes, principal_credential_id, scopes, name, NULL, created_at, expires_at, " +
-		"revoked_at, last_used_at, created_by"
+		"revoked_at, last_used_at, created_by, principal_act"
 	revocationCols = "target, seq, token_id, grant_id, expires_at, revoked_at"
 )
 
@@ -100,19 +101,19 @@ var queryText = [numQueries]string{
 	qGetRequestForUpdate: "SELECT " + requestCols + " FROM requests WHERE id = ?{FOR UPDATE}",
 	qRequestExists:       "SELECT 1 FROM requests WHERE id = ?",
 	qInsertRequest: "INSERT INTO requests (" + requestCols + ") VALUES " +
-		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 	qUpdateRequest: "UPDATE requests SET state = ?, required = ?, grant_id = ?, decision_note = ?, " +
 		"expires_at = ?, decided_at = ?, version = version + 1 WHERE id = ? AND version = ?",
 	qApprovalsOf:     "SELECT " + approvalCols + " FROM approvals WHERE request_id = ? ORDER BY created_at, approver_id",
 	qApprovalsOfMany: "SELECT " + approvalCols + " FROM approvals WHERE request_id {IN IDS} ORDER BY created_at, approver_id",
 	qInsertApproval: "INSERT INTO approvals (" + approvalCols + ") VALUES " +
-		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 
 	qGetGrant:          "SELECT " + grantCols + " FROM grants WHERE id = ?",
 	qGetGrantForUpdate: "SELECT " + grantCols + " FROM grants WHERE id = ?{FOR UPDATE}",
 	qGrantExists:       "SELECT 1 FROM grants WHERE id = ?",
 	qInsertGrant: "INSERT INTO grants (" + grantCols + ") VALUES " +
-		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 	qUpdateGrant: "UPDATE grants SET state = ?, end_reason = ?, starts_at = ?, expires_at = ?, due_at = ?, " +
 		"connector_state = ?, info = ?, sealed_credentials = ?, sealed_probe = ?, credentials_claimed = ?, attempts = ?, " +
 		"last_error = ?, lease_owner = ?, lease_until = ?, fence = ?, activated_at = ?, " +
@@ -135,7 +136,7 @@ var queryText = [numQueries]string{
 	qGetAPIKey:   "SELECT " + apiKeyCols + " FROM api_keys WHERE prefix = ?",
 	qListAPIKeys: "SELECT " + apiKeyListCols + " FROM api_keys ORDER BY created_at DESC, prefix DESC",
 	qInsertAPIKey: "INSERT INTO api_keys (" + apiKeyCols + ") VALUES " +
-		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 	qUpdateAPIKey: "UPDATE api_keys SET revoked_at = ?, last_used_at = ? WHERE prefix = ?",
 
 	// The feed row is taken (and on PostgreSQL locked until commit) before
@@ -176,8 +177,8 @@ var bulkText = [numBulk]struct {
 }{
 	bulkEvents: {
 		head: "INSERT INTO events (" + eventCols + ") VALUES ",
-		row:  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		cols: 10,
+		row:  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		cols: 13,
 	},
 	bulkCheckpoints: {
 		head: "INSERT INTO checkpoints (" + checkpointCols + ") VALUES ",

@@ -24,7 +24,7 @@ func scanRequest(sc scanner) (*lapse.Request, error) {
 	p := &r.Requester
 	err := sc.Scan(&r.ID, &p.ID, &pc.kind, &p.Name, &pc.groups, &pc.scopes, &p.CredentialID,
 		&r.Entitlement, &duration, &r.Reason, &r.Ticket, &r.TaskID, &r.Channel, &r.Hash, &state,
-		&r.Required, &r.GrantID, &r.DecisionNote, &createdAt, &expiresAt, &decidedAt, &r.Version)
+		&r.Required, &r.GrantID, &r.DecisionNote, &createdAt, &expiresAt, &decidedAt, &r.Version, &pc.act)
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +50,7 @@ func scanApproval(sc scanner) (*lapse.Approval, error) {
 	)
 	p := &a.Approver
 	err := sc.Scan(&a.RequestID, &p.ID, &pc.kind, &p.Name, &pc.groups, &pc.scopes, &p.CredentialID,
-		&decision, &a.Comment, &a.RequestHash, &a.Channel, &createdAt)
+		&decision, &a.Comment, &a.RequestHash, &a.Channel, &createdAt, &pc.act)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +195,7 @@ func (t *tx) InsertRequest(ctx context.Context, r *lapse.Request) error {
 	}
 	res, err := t.exec(ctx, qInsertRequest, id, p[0], p[1], p[2], p[3], p[4], p[5],
 		text[0], int64(r.Duration), text[1], text[2], text[3], text[4], text[5], text[6],
-		r.Required, text[7], text[8], createdAt, expiresAt, decidedAt, int64(1))
+		r.Required, text[7], text[8], createdAt, expiresAt, decidedAt, int64(1), e.strings(r.Requester.Act))
 	if err != nil {
 		return t.fail("insert request", err)
 	}
@@ -286,7 +286,7 @@ func (t *tx) InsertApproval(ctx context.Context, a *lapse.Approval) error {
 		return t.fail("check request", err)
 	}
 	res, err := t.exec(ctx, qInsertApproval, requestID, p[0], p[1], p[2], p[3], p[4], p[5],
-		text[0], text[1], text[2], text[3], createdAt)
+		text[0], text[1], text[2], text[3], createdAt, e.strings(a.Approver.Act))
 	if err != nil {
 		return t.fail("insert approval", err)
 	}
