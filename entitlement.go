@@ -1,6 +1,13 @@
 package lapse
 
-import "time"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"slices"
+	"strings"
+	"time"
+)
 
 // Entitlement is a named, requestable privilege on one target: "prod-db/read",
 // "cache/flush", "payments-api/refund". The catalog of entitlements is policy;
@@ -27,6 +34,23 @@ type Entitlement struct {
 
 	Approval ApprovalRule `json:"approval"`
 
+	// Agents is what applies to the agent lane beyond Approval; nil means
+	// nothing more (docs/agents.md).
+	Agents *AgentRule `json:"agents,omitempty"`
+	// Fence says what happens to a new grant of this entitlement while an
+	// earlier grant to the same principal is not yet revoked and verified:
+	// "" (FenceNone) lets them overlap, FenceWait keeps the new one
+	// scheduled until then, FenceFail refuses the request (docs/agents.md).
+	Fence string `json:"fence,omitempty"`
+
+	// Exposure is the checkpoint map and exposure policy (docs/zsp.md):
+	// where access is created and consumed, how long it can outlive
+	// revocation, and the limit. The configuration sets the policy and the
+	// paths it adds; the broker serves it completed with the connector's
+	// paths and the bound (Exposure.Complete). Nil when neither says
+	// anything.
+	Exposure *Exposure `json:"exposure,omitempty"`
+
 	// Spec is the connector-specific description of what is granted (roles,
 	// claims, ACL rules). The target's connector validates it at load time.
 	Spec map[string]any `json:"spec,omitempty"`
@@ -41,6 +65,41 @@ type ApprovalRule struct {
 	// Approvers are the principal IDs or "group:NAME" entries eligible to
 	// approve. The requester is never eligible for their own request.
 	Approvers []string `json:"approvers,omitempty"`
+}
+
+// AgentRule is the agent lane's policy on one entitlement.
+type AgentRule struct {
+	// Approval is AgentApprovalPolicy (an agent's request is decided by
+	// the entitlement's approval rule, like anyone's) or
+	// AgentApprovalHuman (it always waits for the entitlement's human
+	// approvers, even when the rule grants others at once).
+	Approval string `json:"approval"`
+}
+
+// Agent approval modes (AgentRule.Approval).
+const (
+	AgentApprovalPolicy = "policy"
+	AgentApprovalHuman  = "human"
+)
+
+// Fence modes (Entitlement.Fence).
+const (
+	FenceNone = ""
+	FenceWait = "wait"
+	FenceFail = "fail"
+)
+
+// RuleFor returns the approval rule that decides a request by a principal
+// of kind: the entitlement's rule, except that an agent's request for an
+// entitlement whose agents need a human is never granted at once and
+// waits for at least one of the entitlement's approvers.
+func (e *Entitlement) RuleFor(kind PrincipalKind) ApprovalRule {
+	r := e.Approval
+	if kind == KindAgent && e.Agents != nil && e.Agents.Approval == AgentApprovalHuman {
+		r.Auto = false
+		r.Required = max(r.Required, 1)
+	}
+	return r
 }
 
 // AllowsLane reports whether kind may request the entitlement.
@@ -117,4 +176,20 @@ func ParseDuration(s string) (time.Duration, error) {
 		return 0, FieldErrorf(EINVALID, "duration", "duration is out of range")
 	}
 	return v, nil
+}
+
+// PolicyVersion returns the content hash of an entitlement catalog:
+// "sha256:" and the hex SHA-256 of its JSON encoding, in name order. The
+// same catalog, however its file was laid out, has the same version; any
+// change to a rule, a duration, an approver or a spec changes it. Every
+// event records the version in force when it was written.
+func PolicyVersion(entries []*Entitlement) (string, error) {
+	sorted := slices.Clone(entries)
+	slices.SortFunc(sorted, func(a, b *Entitlement) int { return strings.Compare(a.Name, b.Name) })
+	b, err := json.Marshal(sorted)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }

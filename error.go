@@ -29,6 +29,15 @@ const (
 	// its checkpoints, so no new approval or grant is made (EUNAVAILABLE).
 	// Revocations continue. Retry once the log has recovered.
 	ReasonAuditDegraded = "audit_degraded"
+	// ReasonExposureOverLimit: the entitlement's worst-case exposure after
+	// revocation exceeds its limit and policy refuses such grants
+	// (EFORBIDDEN). The message names the path and the bound.
+	ReasonExposureOverLimit = "exposure_over_limit"
+	// ReasonFenced: an earlier grant of the same entitlement to the same
+	// principal is not yet revoked and verified, and the entitlement's
+	// fence refuses a new one until it is (ECONFLICT). Release the earlier
+	// grant, wait for its verified revocation, and ask again.
+	ReasonFenced = "fenced"
 )
 
 // Error is Lapse's application error. Message is safe to show to the caller;

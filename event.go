@@ -48,6 +48,16 @@ const (
 	EventGrantRevoked         = "grant.revoked"
 	EventAPIKeyCreated        = "apikey.created"
 	EventAPIKeyRevoked        = "apikey.revoked"
+	// EventMandateCreated and EventMandateRevoked record a human sponsor
+	// giving an AI agent a mandate, and its revocation by the sponsor or
+	// an administrator (docs/agents.md). Data names the mandate, the
+	// agent, the entitlements and the ceiling.
+	EventMandateCreated = "mandate.created"
+	EventMandateRevoked = "mandate.revoked"
+	// EventGrantFenced records that a grant waits, unprovisioned, until an
+	// earlier grant of the same principal and entitlement is revoked and
+	// verified (the entitlement's fence). Written once per wait.
+	EventGrantFenced = "grant.fenced"
 	// EventReceiptIssued records that the audit log signed a revocation
 	// receipt for a grant: a use of the signing key.
 	EventReceiptIssued = "receipt.issued"
@@ -57,6 +67,22 @@ const (
 	// EventServerRoleGranted records that `lapse admin grant-server-role`
 	// set a database role's privileges on the store.
 	EventServerRoleGranted = "store.server_role_granted"
+	// EventDriftChecked records one pass of the drift reconciler over the
+	// targets (docs/zsp.md): what it looked at and how much drift it found.
+	EventDriftChecked = "zsp.drift_checked"
+	// EventDriftFound records one privilege on a target that no active
+	// grant explains: an orphaned Lapse-made principal or a standing one.
+	EventDriftFound = "zsp.drift_found"
+	// EventDriftRemoved records the removal of an orphaned principal found
+	// by the reconciler (Revoke, then Verify) and its outcome.
+	EventDriftRemoved = "zsp.drift_removed"
+	// EventCanaryPassed and EventCanaryFailed record one session-level
+	// test of a target (`lapse zsp test`, or the scheduled canary): grant,
+	// use, hold a session, release, and check that a new login and the
+	// held session are both refused. Data holds the measured times; the
+	// event belongs to the canary grant's history when there was one.
+	EventCanaryPassed = "zsp.canary_passed"
+	EventCanaryFailed = "zsp.canary_failed"
 )
 
 // Channels through which an action arrived.

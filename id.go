@@ -38,4 +38,5 @@ func ValidID(prefix, s string) bool {
 const (
 	PrefixRequest = "req"
 	PrefixGrant   = "gr"
+	PrefixMandate = "mdt"
 )

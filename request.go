@@ -56,13 +56,14 @@ func (r *Request) ComputeHash() string {
 		ID          string        `json:"id"`
 		Requester   string        `json:"requester"`
 		Kind        PrincipalKind `json:"kind"`
+		Act         []string      `json:"act,omitempty"` // on whose behalf: part of who asked
 		Entitlement string        `json:"entitlement"`
 		Duration    int64         `json:"duration_ns"`
 		Reason      string        `json:"reason"`
 		Ticket      string        `json:"ticket"`
 		TaskID      string        `json:"task_id"`
 		CreatedAt   int64         `json:"created_at_unix_nano"`
-	}{r.ID, r.Requester.ID, r.Requester.Kind, r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.CreatedAt.UnixNano()}
+	}{r.ID, r.Requester.ID, r.Requester.Kind, r.Requester.Act, r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.CreatedAt.UnixNano()}
 	b, _ := json.Marshal(canon) // a fixed struct of strings and ints cannot fail
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
@@ -96,6 +97,11 @@ type RequestInput struct {
 	Reason      string   `json:"reason,omitempty"`
 	Ticket      string   `json:"ticket,omitempty"`
 	TaskID      string   `json:"task_id,omitempty"`
+	// OnBehalfOf names the sponsor an agent asks for, when live mandates
+	// of several sponsors cover the request (docs/agents.md). Only agents
+	// send it; it must name the sponsor of a mandate that covers the
+	// request.
+	OnBehalfOf string `json:"on_behalf_of,omitempty"`
 }
 
 // DecisionInput is what an approver sends with approve or deny. RequestHash,

@@ -52,6 +52,23 @@ type Service interface {
 	// Revoke ends any grant now (scope revoke).
 	Revoke(ctx context.Context, grantID string, in RevokeInput) (*Grant, error)
 
+	// CreateMandate gives an agent a mandate to ask for access on the
+	// caller's behalf (docs/agents.md). The caller is the sponsor: a human
+	// with scope request who may request every entitlement named.
+	// Returns EINVALID (with the field) for bad input, ENOTFOUND for an
+	// unknown entitlement, EFORBIDDEN if the caller is not a human or may
+	// not request an entitlement, or an entitlement is closed to agents.
+	CreateMandate(ctx context.Context, in MandateInput) (*Mandate, error)
+	// ListMandates returns the mandates the caller may see: those it gave
+	// or that name it as the agent, or all of them for a caller with scope
+	// admin, approve or revoke.
+	ListMandates(ctx context.Context, f MandateFilter) ([]*Mandate, error)
+	// RevokeMandate ends a mandate now, and with it the grants its agent
+	// holds under it; only its sponsor or an administrator may. Revoking a
+	// revoked mandate changes nothing.
+	// Returns ENOTFOUND if it does not exist or is not visible to the caller.
+	RevokeMandate(ctx context.Context, id string) (*Mandate, error)
+
 	// CreateAPIKey creates a key (scope admin); the secret is returned once.
 	CreateAPIKey(ctx context.Context, in APIKeyInput) (*NewAPIKey, error)
 	// ListAPIKeys lists keys (scope admin).

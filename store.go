@@ -6,7 +6,7 @@ import (
 )
 
 // Store is Lapse's durable state: requests, approvals, grants, checkpoints,
-// events, API keys and token revocations. The sqlstore package implements it
+// events, API keys, agents' mandates and token revocations. The sqlstore package implements it
 // on SQLite and on PostgreSQL; storetest is the conformance suite both pass.
 //
 // Consistency rule: every change goes through Update, whose transaction
@@ -50,6 +50,12 @@ type Store interface {
 	NextDueAt(ctx context.Context) (t time.Time, ok bool, err error)
 	// DueCounts returns, per target, how many grants are due at or before now.
 	DueCounts(ctx context.Context, now time.Time) (map[string]int, error)
+
+	// GetMandate returns a mandate.
+	// Returns ENOTFOUND if it does not exist.
+	GetMandate(ctx context.Context, id string) (*Mandate, error)
+	// ListMandates returns mandates, newest first.
+	ListMandates(ctx context.Context, f MandateFilter) ([]*Mandate, error)
 
 	// GetAPIKey returns the key with this prefix.
 	// Returns ENOTFOUND if none exists.
@@ -102,6 +108,29 @@ type Tx interface {
 	// ClaimDueGrants is Store.ClaimDueGrants inside this transaction, so
 	// that the claimer can record what it intends in the same commit.
 	ClaimDueGrants(ctx context.Context, in ClaimInput) ([]*Grant, error)
+	// LockGrantsOf holds the lock of the pair (principal, entitlement)
+	// until the transaction ends: transactions that take the same pair's
+	// lock run one after the other, so what one decides from
+	// UnrevokedGrants (to start a grant, or to file one) the next one
+	// sees. It locks no row. Take it before any row lock in the
+	// transaction, or after the rows a claim locked, and take several
+	// pairs' locks in a fixed order.
+	LockGrantsOf(ctx context.Context, principalID, entitlement string) error
+	// UnrevokedGrants returns the grants of principal for entitlement that
+	// are not revoked (scheduled ones included), without checkpoints,
+	// oldest first.
+	UnrevokedGrants(ctx context.Context, principalID, entitlement string) ([]*Grant, error)
+
+	// GetMandate reads a mandate, locking it.
+	// Returns ENOTFOUND if it does not exist.
+	GetMandate(ctx context.Context, id string) (*Mandate, error)
+	// InsertMandate stores a new mandate.
+	// Returns ECONFLICT if the ID exists.
+	InsertMandate(ctx context.Context, m *Mandate) error
+	// UpdateMandate writes RevokedAt and RevokedBy of an existing mandate;
+	// nothing else about a mandate changes.
+	// Returns ENOTFOUND if it does not exist.
+	UpdateMandate(ctx context.Context, m *Mandate) error
 
 	// AppendEvent appends e to the log and sets e.Seq. Sequence numbers are
 	// gap-free and strictly increasing in commit order.

@@ -121,6 +121,17 @@ func TestBadInput(t *testing.T) {
 		{"negative ttl", "POST", "/v1/apikeys", "application/json", `{"principal_id":"ci","principal_kind":"service","scopes":["read"],"ttl":"-1h"}`, 400, lapse.EINVALID, "ttl"},
 		{"absurd ttl", "POST", "/v1/apikeys", "application/json", `{"principal_id":"ci","principal_kind":"service","scopes":["read"],"ttl":"100000h"}`, 400, lapse.EINVALID, "ttl"},
 
+		// A mandate has two durations; a bad one is named by its member.
+		{"bad mandate ceiling", "POST", "/v1/mandates", "application/json", `{"agent_id":"a","entitlements":["x"],"max_duration":"-5m","expires_in":"8h"}`, 400, lapse.EINVALID, "max_duration"},
+		{"bad mandate expiry", "POST", "/v1/mandates", "application/json", `{"agent_id":"a","entitlements":["x"],"max_duration":"5m","expires_in":"forever"}`, 400, lapse.EINVALID, "expires_in"},
+		{"mandate entitlements not a list", "POST", "/v1/mandates", "application/json", `{"agent_id":"a","entitlements":"x"}`, 400, lapse.EINVALID, "entitlements"},
+		{"unknown mandate field", "POST", "/v1/mandates", "application/json", `{"agent_id":"a","sponsor":"bob"}`, 400, lapse.EINVALID, "sponsor"},
+		{"mandate without body", "POST", "/v1/mandates", "application/json", ``, 400, lapse.EINVALID, "body"},
+		{"not a mandate ID", "DELETE", "/v1/mandates/gr_x", "", "", 400, lapse.EINVALID, "id"},
+		{"unknown mandate filter", "GET", "/v1/mandates?state=live", "", "", 400, lapse.EINVALID, "state"},
+		{"bad live filter", "GET", "/v1/mandates?live=yes", "", "", 400, lapse.EINVALID, "live"},
+		{"on_behalf_of of the wrong type", "POST", "/v1/requests", "application/json", `{"entitlement":"x","on_behalf_of":["bob"]}`, 400, lapse.EINVALID, "on_behalf_of"},
+
 		// Strict JSON.
 		{"unknown field", "POST", "/v1/requests", "application/json", `{"entitlement":"x","admin":true}`, 400, lapse.EINVALID, "admin"},
 		{"field in other case", "POST", "/v1/requests", "application/json", `{"Entitlement":"x"}`, 400, lapse.EINVALID, "Entitlement"},

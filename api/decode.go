@@ -30,11 +30,11 @@ const (
 )
 
 // inputSpec describes one JSON input type: the exact member names it
-// accepts and the name of its lapse.Duration member, so that a bad duration
-// is reported against the field the caller sent.
+// accepts and the names of its lapse.Duration members, so that a bad
+// duration is reported against the field the caller sent.
 type inputSpec struct {
-	fields        []string
-	durationField string
+	fields         []string
+	durationFields []string
 }
 
 var durationType = reflect.TypeFor[lapse.Duration]()
@@ -64,15 +64,39 @@ func newInputSpec[T any]() *inputSpec {
 			}
 			spec.fields = append(spec.fields, name)
 			if f.Type == durationType {
-				if spec.durationField != "" {
-					panic("api: input " + t.Name() + " has more than one duration")
-				}
-				spec.durationField = name
+				spec.durationFields = append(spec.durationFields, name)
 			}
 		}
 	}
 	walk(reflect.TypeFor[T]())
 	return spec
+}
+
+// badDuration names the duration member of data that does not decode: the
+// only one, or the first of several that fails on its own; fallback when
+// none does.
+func (s *inputSpec) badDuration(data []byte, fallback string) string {
+	switch len(s.durationFields) {
+	case 0:
+		return fallback
+	case 1:
+		return s.durationFields[0]
+	}
+	var members map[string]json.RawMessage
+	if json.Unmarshal(data, &members) != nil {
+		return fallback
+	}
+	for _, name := range s.durationFields {
+		raw, ok := members[name]
+		if !ok {
+			continue
+		}
+		var d lapse.Duration
+		if json.Unmarshal(raw, &d) != nil {
+			return name
+		}
+	}
+	return fallback
 }
 
 func (s *inputSpec) known(name []byte) bool {
@@ -91,6 +115,7 @@ var (
 	specReleaseInput  = newInputSpec[lapse.ReleaseInput]()
 	specRevokeInput   = newInputSpec[lapse.RevokeInput]()
 	specAPIKeyInput   = newInputSpec[lapse.APIKeyInput]()
+	specMandateInput  = newInputSpec[lapse.MandateInput]()
 	specAckInput      = newInputSpec[ackInput]()
 	specEmpty         = newInputSpec[struct{}]()
 )
@@ -143,7 +168,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any, spec *inputSpec, 
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return decodeError(err, spec)
+		return decodeError(err, spec, data)
 	}
 	// checkJSON proved the body is exactly one value; this is a second guard
 	// in case the two parsers ever disagree.
@@ -172,14 +197,15 @@ func checkJSONContentType(h http.Header) error {
 	return nil
 }
 
-// decodeError turns an encoding/json error into an EINVALID naming the field.
-func decodeError(err error, spec *inputSpec) error {
+// decodeError turns an encoding/json error into an EINVALID naming the
+// field; data is the body that failed.
+func decodeError(err error, spec *inputSpec, data []byte) error {
 	if e, ok := errors.AsType[*lapse.Error](err); ok {
 		// A TextUnmarshaler (lapse.Duration) refused its value; encoding/json
 		// does not say which member it was reading, the spec does.
 		field := e.Field
-		if e.Field == "duration" && spec.durationField != "" {
-			field = spec.durationField
+		if e.Field == "duration" {
+			field = spec.badDuration(data, field)
 		}
 		return lapse.FieldErrorf(e.Code, field, "%s", e.Message)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -52,8 +53,21 @@ func TestCheckJSONKeys(t *testing.T) {
 }
 
 func TestInputSpecs(t *testing.T) {
-	if specRequestInput.durationField != "duration" || specAPIKeyInput.durationField != "ttl" {
-		t.Fatalf("duration fields: %q %q", specRequestInput.durationField, specAPIKeyInput.durationField)
+	if !slices.Equal(specRequestInput.durationFields, []string{"duration"}) || !slices.Equal(specAPIKeyInput.durationFields, []string{"ttl"}) ||
+		!slices.Equal(specMandateInput.durationFields, []string{"max_duration", "expires_in"}) {
+		t.Fatalf("duration fields: %q %q %q", specRequestInput.durationFields, specAPIKeyInput.durationFields, specMandateInput.durationFields)
+	}
+	// With two durations in one input, a bad one is named by its member.
+	for body, field := range map[string]string{
+		`{"agent_id":"a","max_duration":"banana","expires_in":"1h"}`: "max_duration",
+		`{"agent_id":"a","max_duration":"5m","expires_in":"-1h"}`:    "expires_in",
+		`{"expires_in":"0s"}`: "expires_in",
+	} {
+		var in lapse.MandateInput
+		err := json.Unmarshal([]byte(body), &in)
+		if got := lapse.ErrorField(decodeError(err, specMandateInput, []byte(body))); got != field {
+			t.Errorf("%s: field %q, want %q", body, got, field)
+		}
 	}
 	if len(specEmpty.fields) != 0 {
 		t.Fatalf("empty spec has fields %v", specEmpty.fields)

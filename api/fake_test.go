@@ -276,6 +276,40 @@ func (f *fakeService) RevokeAPIKey(ctx context.Context, prefix string) (*lapse.A
 	return k, nil
 }
 
+func fakeMandate(id string) *lapse.Mandate {
+	return &lapse.Mandate{
+		ID: id, AgentID: "ci-helper", Sponsor: lapse.Principal{ID: "alice", Kind: lapse.KindHuman, Groups: []string{"dev"}},
+		Entitlements: []string{"prod-db/read"}, MaxDuration: lapse.Duration(15 * time.Minute),
+		Channel: lapse.ChannelAPI, CreatedAt: t0, ExpiresAt: t0.Add(8 * time.Hour),
+	}
+}
+
+func (f *fakeService) CreateMandate(ctx context.Context, in lapse.MandateInput) (*lapse.Mandate, error) {
+	if err := f.record(ctx, "CreateMandate", in); err != nil {
+		return nil, err
+	}
+	m := fakeMandate(lapse.NewID(lapse.PrefixMandate, t0))
+	m.AgentID, m.Entitlements, m.MaxDuration = in.AgentID, in.Entitlements, in.MaxDuration
+	m.ExpiresAt = t0.Add(in.ExpiresIn.D())
+	return m, nil
+}
+
+func (f *fakeService) ListMandates(ctx context.Context, fl lapse.MandateFilter) ([]*lapse.Mandate, error) {
+	if err := f.record(ctx, "ListMandates", fl); err != nil {
+		return nil, err
+	}
+	return []*lapse.Mandate{fakeMandate(lapse.NewID(lapse.PrefixMandate, t0))}, nil
+}
+
+func (f *fakeService) RevokeMandate(ctx context.Context, id string) (*lapse.Mandate, error) {
+	if err := f.record(ctx, "RevokeMandate", id); err != nil {
+		return nil, err
+	}
+	m := fakeMandate(id)
+	m.RevokedAt, m.RevokedBy = t0, "alice"
+	return m, nil
+}
+
 // fakeTarget is an in-test token target with a real Ed25519 key.
 type fakeTarget struct {
 	pub ed25519.PublicKey

@@ -221,6 +221,40 @@ func TestClientRoundTrip(t *testing.T) {
 			t.Fatalf("key = %+v", got)
 		}
 	})
+	t.Run("CreateMandate", func(t *testing.T) {
+		in := lapse.MandateInput{AgentID: "ci-helper", Entitlements: []string{"prod-db/read", "cache/flush"},
+			MaxDuration: lapse.Duration(15 * time.Minute), ExpiresIn: lapse.Duration(8 * time.Hour)}
+		got, err := c.CreateMandate(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkCall(t, "CreateMandate", in)
+		if !lapse.ValidID(lapse.PrefixMandate, got.ID) || got.AgentID != "ci-helper" || len(got.Entitlements) != 2 || got.MaxDuration != in.MaxDuration {
+			t.Fatalf("mandate = %+v", got)
+		}
+	})
+	t.Run("ListMandates", func(t *testing.T) {
+		f := lapse.MandateFilter{AgentID: "ci-helper", SponsorID: "alice", Live: true, Limit: 5}
+		got, err := c.ListMandates(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkCall(t, "ListMandates", f)
+		if len(got) != 1 || got[0].Sponsor.ID != "alice" {
+			t.Fatalf("mandates = %+v", got)
+		}
+	})
+	t.Run("RevokeMandate", func(t *testing.T) {
+		id := lapse.NewID(lapse.PrefixMandate, t0)
+		got, err := c.RevokeMandate(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkCall(t, "RevokeMandate", id)
+		if got.ID != id || got.RevokedAt.IsZero() {
+			t.Fatalf("revoked mandate = %+v", got)
+		}
+	})
 	t.Run("ServiceErrorsKeepCodeAndField", func(t *testing.T) {
 		e.svc.setFail(lapse.FieldErrorf(lapse.EINVALID, "reason", "a reason is required"))
 		defer e.svc.setFail(nil)

@@ -18,7 +18,11 @@ import (
 // OAuth 2.0 Token Exchange (RFC 8693) at POST /v1/token turns a verified
 // workload token into a grant and its credentials in one call, by policy
 // and with no human; RFC 7009 revocation at POST /v1/token/revoke gives the
-// grant back and answers once the revocation is verified. They speak
+// grant back and answers once the revocation is verified. With an
+// actor_token the same call is the agent lane's delegation
+// (docs/agents.md): the subject token is a person's (the sponsor's)
+// credential, the actor token an agent's, and the agent gets what the
+// sponsor could, within its own ceiling, acting for the sponsor. They speak
 // OAuth's wire format (form bodies, {"error": "..."} answers), not the JSON
 // API's, so that OAuth client libraries work unchanged.
 
@@ -220,12 +224,14 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request) *oauthFailure 
 	default:
 		return oauthErr(http.StatusBadRequest, OAuthUnsupportedGrantType, "grant_type must be "+GrantTypeTokenExchange, nil)
 	}
-	if form.Has("actor_token") || form.Has("actor_token_type") {
-		return badRequest("delegation (actor_token) is not supported at the token endpoint")
-	}
 	subject, subjectType := form.Get("subject_token"), form.Get("subject_token_type")
 	if subject == "" || subjectType == "" {
 		return badRequest("subject_token and subject_token_type are required")
+	}
+	actor, actorType := form.Get("actor_token"), form.Get("actor_token_type")
+	delegated := actor != "" || actorType != ""
+	if delegated && (actor == "" || actorType == "") {
+		return badRequest("actor_token and actor_token_type go together")
 	}
 	name, fromScope, f := entitlementParam(form)
 	if f != nil {
@@ -245,14 +251,21 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request) *oauthFailure 
 		in.Duration = lapse.Duration(v)
 	}
 
-	p, f := s.subject(r.Context(), subject, subjectType)
-	if f != nil {
+	ctx := r.Context()
+	var p *lapse.Principal
+	if delegated {
+		var sponsor *lapse.Principal
+		if p, sponsor, f = s.delegation(ctx, subject, subjectType, actor, actorType); f != nil {
+			return f
+		}
+		ctx = lapse.WithSponsor(ctx, sponsor)
+	} else if p, f = s.subject(ctx, subject, subjectType); f != nil {
 		return f
 	}
 	if rec, ok := w.(*recorder); ok {
 		rec.principal = p.ID
 	}
-	ctx := lapse.WithChannel(lapse.NewContext(r.Context(), p), lapse.ChannelMachine)
+	ctx = lapse.WithChannel(lapse.NewContext(ctx, p), lapse.ChannelMachine)
 
 	// Policy decides before anything is filed: an entitlement this
 	// service may not request, or one that needs a human, is refused with
@@ -355,6 +368,45 @@ func entitlementParam(form url.Values) (name string, fromScope bool, f *oauthFai
 // subject authenticates the subject token. A machine-lane subject must be
 // a service: people request at /v1/requests, agents act for a sponsor.
 func (s *Server) subject(ctx context.Context, token, typ string) (*lapse.Principal, *oauthFailure) {
+	p, f := s.credential(ctx, token, typ, "subject")
+	if f != nil {
+		return nil, f
+	}
+	if p.Kind != lapse.KindService {
+		return nil, oauthErr(http.StatusBadRequest, OAuthUnauthorizedClient, "the token endpoint is the machine lane: its subject must be a service (an agent sends its own credential as actor_token and its sponsor's as subject_token)", nil)
+	}
+	return p, nil
+}
+
+// delegation authenticates an RFC 8693 delegation: the subject token is
+// the sponsor's credential (a person's API key), the actor token the
+// agent's (an API key of kind agent, or a workload token mapped to an
+// agent). It returns the agent acting for the sponsor (Act = [sponsor]),
+// and the sponsor. Only the current actor and the sponsor count: a chain
+// (either credential already acting for someone) is refused.
+func (s *Server) delegation(ctx context.Context, subject, subjectType, actor, actorType string) (agent, sponsor *lapse.Principal, f *oauthFailure) {
+	if sponsor, f = s.credential(ctx, subject, subjectType, "subject"); f != nil {
+		return nil, nil, f
+	}
+	if agent, f = s.credential(ctx, actor, actorType, "actor"); f != nil {
+		return nil, nil, f
+	}
+	switch {
+	case sponsor.Kind != lapse.KindHuman:
+		return nil, nil, oauthErr(http.StatusBadRequest, OAuthUnauthorizedClient, "with an actor_token, the subject is the sponsor: a person's credential, not a "+string(sponsor.Kind)+"'s", nil)
+	case agent.Kind != lapse.KindAgent:
+		return nil, nil, oauthErr(http.StatusBadRequest, OAuthUnauthorizedClient, "the actor must be an agent, not a "+string(agent.Kind), nil)
+	case len(sponsor.Act) > 0 || len(agent.Act) > 0:
+		return nil, nil, oauthErr(http.StatusBadRequest, OAuthUnauthorizedClient, "delegation chains are refused: an agent acts only for its own sponsor", nil)
+	}
+	a := *agent
+	a.Act = []string{sponsor.ID}
+	return &a, sponsor, nil
+}
+
+// credential authenticates a token of type typ presented as param
+// ("subject" or "actor"): a workload token or a Lapse API key.
+func (s *Server) credential(ctx context.Context, token, typ, param string) (*lapse.Principal, *oauthFailure) {
 	var (
 		p   *lapse.Principal
 		err error
@@ -375,21 +427,18 @@ func (s *Server) subject(ctx context.Context, token, typ string) (*lapse.Princip
 			err = lapse.Errorf(lapse.EUNAUTHORIZED, "invalid, expired or revoked credential")
 		}
 	default:
-		return nil, badRequest("subject_token_type must be " + TokenTypeJWT + " (or " + TokenTypeAPIKey + ")")
+		return nil, badRequest(param + "_token_type must be " + TokenTypeJWT + " (or " + TokenTypeAPIKey + ")")
 	}
 	switch {
 	case err == nil && p != nil:
 	case lapse.ErrorCode(err) == lapse.EUNAVAILABLE:
-		return nil, oauthErr(http.StatusServiceUnavailable, OAuthTemporarilyUnavailable, "the subject token cannot be checked now; retry", err)
+		return nil, oauthErr(http.StatusServiceUnavailable, OAuthTemporarilyUnavailable, "the "+param+" token cannot be checked now; retry", err)
 	default:
-		msg := "the subject token is not valid"
+		msg := "the " + param + " token is not valid"
 		if e := lapse.ErrorMessage(err); err != nil && lapse.ErrorCode(err) == lapse.EUNAUTHORIZED {
 			msg = e
 		}
 		return nil, oauthErr(http.StatusBadRequest, OAuthInvalidGrant, msg, err)
-	}
-	if p.Kind != lapse.KindService {
-		return nil, oauthErr(http.StatusBadRequest, OAuthUnauthorizedClient, "the token endpoint is the machine lane: its subject must be a service", nil)
 	}
 	return p, nil
 }
@@ -532,8 +581,8 @@ func (s *Server) bearerCaller(r *http.Request) (*lapse.Principal, *oauthFailure)
 		deny.cause = err
 		return nil, deny
 	}
-	if p.Kind != lapse.KindService {
-		return nil, oauthErr(http.StatusBadRequest, OAuthUnauthorizedClient, "the token endpoint is the machine lane: the caller must be a service", nil)
+	if p.Kind != lapse.KindService && p.Kind != lapse.KindAgent {
+		return nil, oauthErr(http.StatusBadRequest, OAuthUnauthorizedClient, "the token endpoint is for services and agents: the caller must be one", nil)
 	}
 	return p, nil
 }

@@ -33,11 +33,12 @@ type machineService struct {
 	release   lapse.GrantState // the state Release returns (default revoked)
 	owner     string           // Release answers ENOTFOUND to anyone else
 	principal *lapse.Principal // the caller of the last call
+	sponsor   *lapse.Principal // the sponsor it acted for, under delegation
 	channel   string
 }
 
 func (m *machineService) note(ctx context.Context) {
-	m.principal, m.channel = lapse.FromContext(ctx), lapse.ChannelFrom(ctx)
+	m.principal, m.sponsor, m.channel = lapse.FromContext(ctx), lapse.SponsorFrom(ctx), lapse.ChannelFrom(ctx)
 }
 
 func (m *machineService) Entitlements(ctx context.Context) ([]*lapse.Entitlement, error) {
@@ -114,6 +115,8 @@ func (fakeWorkload) Authenticate(ctx context.Context, tok string) (*lapse.Princi
 		return &lapse.Principal{ID: "svc:other", Kind: lapse.KindService, Scopes: []string{lapse.ScopeRequest}}, nil
 	case "human-token":
 		return &lapse.Principal{ID: "alice", Kind: lapse.KindHuman, Scopes: []string{lapse.ScopeRequest}}, nil
+	case "agent-token": // a workload mapped to an agent (kind: agent)
+		return &lapse.Principal{ID: "agent:coder", Kind: lapse.KindAgent, Scopes: []string{lapse.ScopeRequest}, CredentialID: "workload:test"}, nil
 	case "down":
 		return nil, lapse.Errorf(lapse.EUNAVAILABLE, "keys not available")
 	}
@@ -147,8 +150,10 @@ func newMachineEnv(t *testing.T) *machineEnv {
 	e := &machineEnv{svc: &machineService{fakeService: &fakeService{}}, logs: &syncBuffer{}, keys: map[string]string{}, jti: lapse.NewID(lapse.PrefixGrant, t0)}
 	ks := &keyStore{keys: map[string]*lapse.APIKey{}}
 	for name, p := range map[string]lapse.Principal{
-		"ci":    {ID: "svc:ci", Kind: lapse.KindService},
-		"alice": {ID: "alice", Kind: lapse.KindHuman},
+		"ci":      {ID: "svc:ci", Kind: lapse.KindService},
+		"alice":   {ID: "alice", Kind: lapse.KindHuman, Groups: []string{"dev"}},
+		"helper":  {ID: "helper", Kind: lapse.KindAgent},
+		"chained": {ID: "chained", Kind: lapse.KindAgent, Act: []string{"bob"}},
 	} {
 		k, secret, err := authn.GenerateAPIKey(p, []string{lapse.ScopeRequest}, name, t0, 0)
 		if err != nil {
@@ -244,7 +249,9 @@ func TestTokenExchangeRefusesBadInput(t *testing.T) {
 		{"an unknown lapse parameter", "/v1/token", "", form, exchangeForm("lapse_durtion", "5m"), 400, api.OAuthInvalidRequest},
 		{"no grant_type", "/v1/token", "", form, exchangeForm("grant_type", "-"), 400, api.OAuthInvalidRequest},
 		{"another grant_type", "/v1/token", "", form, exchangeForm("grant_type", "client_credentials"), 400, api.OAuthUnsupportedGrantType},
-		{"an actor token", "/v1/token", "", form, exchangeForm("actor_token", "x", "actor_token_type", api.TokenTypeJWT), 400, api.OAuthInvalidRequest},
+		{"an actor token without its type", "/v1/token", "", form, exchangeForm("actor_token", "x"), 400, api.OAuthInvalidRequest},
+		{"an actor token type without the token", "/v1/token", "", form, exchangeForm("actor_token_type", api.TokenTypeJWT), 400, api.OAuthInvalidRequest},
+		{"an unknown actor token type", "/v1/token", "", form, exchangeForm("actor_token", "agent-token", "actor_token_type", "urn:x"), 400, api.OAuthInvalidRequest},
 		{"no subject token", "/v1/token", "", form, exchangeForm("subject_token", "-"), 400, api.OAuthInvalidRequest},
 		{"an unknown subject token type", "/v1/token", "", form, exchangeForm("subject_token_type", "urn:ietf:params:oauth:token-type:saml2"), 400, api.OAuthInvalidRequest},
 		{"no entitlement", "/v1/token", "", form, exchangeForm("audience", "-"), 400, api.OAuthInvalidTarget},
@@ -377,6 +384,75 @@ func TestTokenExchangeGrants(t *testing.T) {
 		if c.status == 500 && oe.Description != "internal error" {
 			t.Errorf("500 says %q", oe.Description)
 		}
+	}
+}
+
+// TestTokenExchangeDelegation: RFC 8693 delegation. The subject is the
+// sponsor (a person's API key), the actor the agent (an agent's API key or
+// a workload token mapped to an agent); the service is asked as the agent
+// acting for the sponsor, with the sponsor as authenticated now. Any other
+// pairing, and any chain, is refused before anything is filed.
+func TestTokenExchangeDelegation(t *testing.T) {
+	e := newMachineEnv(t)
+	delegate := func(subject, subjectType, actor, actorType string, kv ...string) oauthResponse {
+		return e.post(t, "/v1/token", "", form, exchangeForm(append([]string{
+			"subject_token", subject, "subject_token_type", subjectType, "actor_token", actor, "actor_token_type", actorType,
+		}, kv...)...))
+	}
+	for name, actor := range map[string][2]string{
+		"agent API key":        {e.keys["helper"], api.TokenTypeAPIKey},
+		"agent workload token": {"agent-token", api.TokenTypeJWT},
+	} {
+		t.Run(name, func(t *testing.T) {
+			n := len(e.svc.creates)
+			r := delegate(e.keys["alice"], api.TokenTypeAPIKey, actor[0], actor[1], "lapse_task_id", "task-7")
+			if r.status != 200 {
+				t.Fatalf("status %d: %s", r.status, r.body)
+			}
+			p, s := e.svc.principal, e.svc.sponsor
+			if p == nil || p.Kind != lapse.KindAgent || len(p.Act) != 1 || p.Act[0] != "alice" {
+				t.Fatalf("asked as %+v, want the agent acting for alice", p)
+			}
+			if s == nil || s.ID != "alice" || s.Kind != lapse.KindHuman || len(s.Groups) != 1 || !s.HasScope(lapse.ScopeRequest) {
+				t.Fatalf("sponsor %+v, want alice as her key authenticates", s)
+			}
+			if e.svc.channel != lapse.ChannelMachine || len(e.svc.creates) != n+1 || e.svc.creates[n].TaskID != "task-7" {
+				t.Fatalf("channel %q, creates %v", e.svc.channel, e.svc.creates)
+			}
+		})
+	}
+	n := len(e.svc.creates)
+	for _, c := range []struct {
+		name                                   string
+		subject, subjectType, actor, actorType string
+		status                                 int
+		code                                   string
+	}{
+		{"the subject is a service", e.keys["ci"], api.TokenTypeAPIKey, e.keys["helper"], api.TokenTypeAPIKey, 400, api.OAuthUnauthorizedClient},
+		{"the subject is an agent (an agent acting for an agent)", e.keys["helper"], api.TokenTypeAPIKey, "agent-token", api.TokenTypeJWT, 400, api.OAuthUnauthorizedClient},
+		{"the actor is a service", e.keys["alice"], api.TokenTypeAPIKey, e.keys["ci"], api.TokenTypeAPIKey, 400, api.OAuthUnauthorizedClient},
+		{"the actor is a person", e.keys["alice"], api.TokenTypeAPIKey, "human-token", api.TokenTypeJWT, 400, api.OAuthUnauthorizedClient},
+		{"the actor already acts for someone", e.keys["alice"], api.TokenTypeAPIKey, e.keys["chained"], api.TokenTypeAPIKey, 400, api.OAuthUnauthorizedClient},
+		{"a bad actor token", e.keys["alice"], api.TokenTypeAPIKey, "expired.jwt", api.TokenTypeJWT, 400, api.OAuthInvalidGrant},
+		{"a bad actor key", e.keys["alice"], api.TokenTypeAPIKey, e.keys["helper"] + "x", api.TokenTypeAPIKey, 400, api.OAuthInvalidGrant},
+		{"a bad sponsor key", e.keys["alice"] + "x", api.TokenTypeAPIKey, e.keys["helper"], api.TokenTypeAPIKey, 400, api.OAuthInvalidGrant},
+		{"the actor's issuer is down", e.keys["alice"], api.TokenTypeAPIKey, "down", api.TokenTypeJWT, 503, api.OAuthTemporarilyUnavailable},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			oe := wantOAuth(t, delegate(c.subject, c.subjectType, c.actor, c.actorType), c.status, c.code)
+			if strings.Contains(oe.Description, "lapse_") {
+				t.Errorf("a credential is quoted: %q", oe.Description)
+			}
+		})
+	}
+	if len(e.svc.creates) != n {
+		t.Errorf("refused delegations filed %d requests", len(e.svc.creates)-n)
+	}
+	// An agent alone is not the machine lane's subject: it says how to
+	// delegate.
+	oe := wantOAuth(t, e.post(t, "/v1/token", "", form, exchangeForm("subject_token", "agent-token")), 400, api.OAuthUnauthorizedClient)
+	if !strings.Contains(oe.Description, "actor_token") {
+		t.Errorf("description %q does not say how an agent asks", oe.Description)
 	}
 }
 

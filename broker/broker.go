@@ -154,6 +154,9 @@ var _ lapse.Service = (*Broker)(nil)
 type catalog struct {
 	byName map[string]*lapse.Entitlement
 	names  []string
+	// version is the catalog's content hash (lapse.PolicyVersion),
+	// recorded on every event written while it is in force.
+	version string
 }
 
 // New validates cfg and returns a broker. It returns an error naming the
@@ -229,18 +232,33 @@ func (b *Broker) SetCatalog(entries []*lapse.Entitlement) error {
 		if !e.Approval.Auto && (e.Approval.Required < 1 || len(e.Approval.Approvers) == 0) {
 			return fmt.Errorf("broker: entitlement %s: approval needs auto, or required >= 1 and approvers", e.Name)
 		}
+		if err := checkAgentRules(e); err != nil { // agents.go
+			return err
+		}
 		if v, ok := t.conn.(connector.SpecValidator); ok {
 			if err := v.ValidateSpec(e.Spec); err != nil {
 				return fmt.Errorf("broker: entitlement %s: spec: %w", e.Name, err)
 			}
 		}
+		e, err := exposed(e, t.conn) // exposure.go
+		if err != nil {
+			return err
+		}
 		c.byName[e.Name] = e
 		c.names = append(c.names, e.Name)
 	}
 	sort.Strings(c.names)
+	v, err := lapse.PolicyVersion(entries)
+	if err != nil {
+		return fmt.Errorf("broker: catalog version: %w", err)
+	}
+	c.version = v
 	b.catalog.Store(c)
 	return nil
 }
+
+// PolicyVersion returns the content hash of the catalog in force.
+func (b *Broker) PolicyVersion() string { return b.catalog.Load().version }
 
 func (b *Broker) entitlement(name string) *lapse.Entitlement {
 	return b.catalog.Load().byName[name]

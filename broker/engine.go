@@ -270,7 +270,25 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 			return err
 		}
 		claimed = len(gs)
+		// Fenced grants about to start: their pairs are locked here, before
+		// any event is appended (fence.go).
+		waiting, err := e.fences(ctx, tx, gs, now)
+		if err != nil {
+			return err
+		}
 		for _, g := range gs {
+			if prev := waiting[g.ID]; prev != nil {
+				ev := e.fenceWait(g, prev, now)
+				if err := tx.UpdateGrant(ctx, g); err != nil {
+					return err
+				}
+				if ev != nil {
+					if err := tx.AppendEvent(ctx, ev); err != nil {
+						return err
+					}
+				}
+				continue
+			}
 			if expiredByClaim(g, now) {
 				ev := e.b.grantEvent(context.Background(), lapse.EventGrantRevokeStarted, g, string(g.EndReason), map[string]any{"note": "deadline reached"})
 				if err := tx.AppendEvent(ctx, ev); err != nil {
@@ -753,6 +771,7 @@ func (e *engine) commit(batch []*result) {
 		case lapse.GrantRevoked:
 			b.metrics.revoked(g, b.clock.Now())
 			b.settled(g.ID)
+			e.wakeFenced(g) // fence.go
 		case lapse.GrantActive, lapse.GrantRevokeFailed, lapse.GrantVerifying:
 			b.settled(g.ID)
 		}
@@ -777,6 +796,11 @@ func (e *engine) reconcile(r *result) {
 	}
 	if fresh.LeaseOwner != b.cfg.Owner || fresh.Fence != r.fence {
 		b.metrics.fenced.Inc()
+		return
+	}
+	if fresh.State == lapse.GrantScheduled {
+		// Starting it needs the fence check of a claim: leave it to the
+		// next one, when this lease ends.
 		return
 	}
 	now := b.clock.Now()

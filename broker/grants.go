@@ -2,16 +2,17 @@ package broker
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/authn"
 )
 
-// mayView reports whether p may see grant g: its grantee, or anyone who may
-// approve or revoke.
+// mayView reports whether p may see grant g: its grantee, the sponsor an
+// agent grantee acts for, or anyone who may approve or revoke.
 func mayView(p *lapse.Principal, g *lapse.Grant) bool {
-	return g.Principal.ID == p.ID || p.HasScope(lapse.ScopeApprove) || p.HasScope(lapse.ScopeRevoke)
+	return g.Principal.ID == p.ID || slices.Contains(g.Principal.Act, p.ID) || p.HasScope(lapse.ScopeApprove) || p.HasScope(lapse.ScopeRevoke)
 }
 
 // GetGrant returns a grant with its checkpoints and its history.
@@ -149,7 +150,8 @@ func (b *Broker) end(ctx context.Context, p *lapse.Principal, id string, reason 
 		if err != nil {
 			return err
 		}
-		if ownOnly && g.Principal.ID != p.ID {
+		// A sponsor may end what an agent holds on their behalf.
+		if ownOnly && g.Principal.ID != p.ID && !slices.Contains(g.Principal.Act, p.ID) {
 			return lapse.Errorf(lapse.ENOTFOUND, "no grant %s", id)
 		}
 		out = g

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -31,7 +32,7 @@ func requireScope(p *lapse.Principal, scope string) error {
 // subject is the principal as recorded on requests and grants: identity and
 // groups, without the credential's scopes.
 func subject(p *lapse.Principal) lapse.Principal {
-	return lapse.Principal{ID: p.ID, Kind: p.Kind, Name: p.Name, Groups: p.Groups, CredentialID: p.CredentialID}
+	return lapse.Principal{ID: p.ID, Kind: p.Kind, Name: p.Name, Groups: p.Groups, CredentialID: p.CredentialID, Act: p.Act}
 }
 
 // Whoami returns the caller.
@@ -50,6 +51,9 @@ func (b *Broker) Entitlements(ctx context.Context) ([]*lapse.Entitlement, error)
 	p, err := caller(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if p.Kind == lapse.KindAgent {
+		return b.agentEntitlements(ctx, p) // agents.go
 	}
 	c := b.catalog.Load()
 	seeAll := p.HasScope(lapse.ScopeApprove) || p.HasScope(lapse.ScopeRevoke)
@@ -155,14 +159,39 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 	if e == nil {
 		return nil, lapse.FieldErrorf(lapse.ENOTFOUND, "entitlement", "no entitlement named %s", in.Entitlement)
 	}
-	if err := mayRequest(e, p); err != nil {
+	// An agent asks for a human sponsor and never gets more than the
+	// sponsor could (agents.go): from here on it acts for the sponsor.
+	var agent *agentRequest
+	if p.Kind == lapse.KindAgent {
+		onBehalfOf, err := normalizeOnBehalfOf(in.OnBehalfOf)
+		if err != nil {
+			return nil, err
+		}
+		if agent, err = b.forSponsor(ctx, p, e, onBehalfOf); err != nil {
+			return nil, err
+		}
+		p = agent.actor
+		ctx = lapse.NewContext(ctx, p)
+	} else if in.OnBehalfOf != "" {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "on_behalf_of", "only an agent acts on behalf of a sponsor")
+	} else if err := mayRequest(e, p); err != nil {
 		return nil, err
 	}
+	if err := exposureRefused(e); err != nil {
+		return nil, err
+	}
+	explicit := in.Duration != 0
 	d, err := validateRequest(&in, e)
 	if err != nil {
 		return nil, err
 	}
-	if e.Approval.Auto {
+	if agent != nil {
+		if d, err = agent.applyCeiling(d, explicit, e); err != nil {
+			return nil, err
+		}
+	}
+	rule := e.RuleFor(p.Kind)
+	if rule.Auto {
 		// Deciding and granting at once: refused whole, nothing stored,
 		// while the audit log cannot record it under a signature.
 		if err := b.auditOpen(ctx); err != nil {
@@ -185,34 +214,43 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		TaskID:      in.TaskID,
 		Channel:     lapse.ChannelFrom(ctx),
 		State:       lapse.RequestPending,
-		Required:    e.Approval.Required,
+		Required:    rule.Required,
 		CreatedAt:   now,
 		ExpiresAt:   now.Add(pending),
 	}
 	r.Hash = r.ComputeHash()
 
 	var g *lapse.Grant
-	if e.Approval.Auto {
+	if rule.Auto {
 		r.Required = 0
 		r.State = lapse.RequestApproved
 		r.DecidedAt = now
 		r.DecisionNote = "auto-approved by policy"
-		g = b.newGrant(r, e, now)
-		// Provision inline, holding the lease from the start: the caller
-		// gets credentials in one round trip, and if this process dies the
-		// lease lapses and the engine finishes (or undoes) the work.
-		g.State = lapse.GrantProvisioning
-		g.LeaseOwner = b.cfg.Owner
-		g.LeaseUntil = now.Add(b.cfg.Lease)
-		g.DueAt = g.LeaseUntil
+		g = b.newGrant(r, e, now) // provisioned inline unless fenced: inlineOrScheduled
 	}
+	fenced := false
 	err = b.store.Update(ctx, func(tx lapse.Tx) error {
+		data := withExposure(e, map[string]any{
+			"entitlement": r.Entitlement, "duration": r.Duration.String(), "reason": r.Reason, "ticket": r.Ticket, "task_id": r.TaskID, "hash": r.Hash,
+		})
+		if agent != nil {
+			m, err := agent.recheck(ctx, tx, d, now)
+			if err != nil {
+				return err
+			}
+			data = agent.eventData(data, m)
+		}
+		var err error
+		if fenced, err = b.fence(ctx, tx, e, r.Requester.ID, g != nil); err != nil {
+			return err
+		}
+		if g != nil {
+			inlineOrScheduled(g, fenced, b.cfg, now)
+		}
 		if err := tx.InsertRequest(ctx, r); err != nil {
 			return err
 		}
-		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestCreated, r, "pending", map[string]any{
-			"entitlement": r.Entitlement, "duration": r.Duration.String(), "reason": r.Reason, "ticket": r.Ticket, "task_id": r.TaskID, "hash": r.Hash,
-		})); err != nil {
+		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestCreated, r, "pending", data)); err != nil {
 			return err
 		}
 		if g == nil {
@@ -224,13 +262,20 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestDecided, r, string(lapse.RequestApproved), map[string]any{"rule": "auto"})); err != nil {
 			return err
 		}
-		return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantCreated, g, "provisioning", map[string]any{"expires_at": g.ExpiresAt}))
+		return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantCreated, g, string(g.State), map[string]any{"expires_at": g.ExpiresAt}))
 	})
 	if err != nil {
 		return nil, storeErr("create request", err)
 	}
 	res := &lapse.RequestResult{Request: r}
 	if g == nil {
+		return res, nil
+	}
+	if fenced {
+		// An earlier grant is not revoked yet: this one waits, scheduled,
+		// and its credentials are claimed once the engine provisions it.
+		res.Grant = g
+		b.nudge()
 		return res, nil
 	}
 	g, creds, err := b.provisionInline(ctx, g)
@@ -246,6 +291,7 @@ func (b *Broker) newGrant(r *lapse.Request, e *lapse.Entitlement, now time.Time)
 	return &lapse.Grant{
 		ID:          lapse.NewID(lapse.PrefixGrant, now),
 		RequestID:   r.ID,
+		RequestHash: r.Hash,
 		Principal:   r.Requester,
 		Entitlement: e.Name,
 		Target:      e.Target,
@@ -272,7 +318,7 @@ func (b *Broker) GetRequest(ctx context.Context, id string) (*lapse.Request, err
 	if err != nil {
 		return nil, storeErr("get request", err)
 	}
-	if r.Requester.ID != p.ID && !p.HasScope(lapse.ScopeApprove) && !p.HasScope(lapse.ScopeRevoke) {
+	if r.Requester.ID != p.ID && !slices.Contains(r.Requester.Act, p.ID) && !p.HasScope(lapse.ScopeApprove) && !p.HasScope(lapse.ScopeRevoke) {
 		return nil, lapse.Errorf(lapse.ENOTFOUND, "no request %s", id)
 	}
 	return r, nil
@@ -334,11 +380,16 @@ func votedBy(r *lapse.Request, id string) bool {
 }
 
 // eligibleApprover says whether p may decide r under the catalog in force.
-// The requester is never eligible, whatever their groups or scopes; only
-// humans decide.
+// The requester is never eligible, whatever their groups or scopes, and
+// neither is anyone the requester acted for: a request an agent filed for
+// its sponsor is the sponsor's own request, which someone else must
+// approve. Only humans decide.
 func (b *Broker) eligibleApprover(r *lapse.Request, p *lapse.Principal) error {
 	if p.ID == r.Requester.ID {
 		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide your own request")
+	}
+	if slices.Contains(r.Requester.Act, p.ID) {
+		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide a request filed on your behalf")
 	}
 	if p.Kind != lapse.KindHuman {
 		return lapse.Errorf(lapse.EFORBIDDEN, "only humans approve or deny requests")
@@ -385,6 +436,14 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 			return nil, err
 		}
 	}
+	var mandates []string
+	if d == lapse.DecisionApprove {
+		// An agent's request is approved only while a mandate still
+		// covers it (agents.go); the transaction re-checks these.
+		if mandates, _, err = b.approvalMandates(ctx, id); err != nil {
+			return nil, err
+		}
+	}
 	var (
 		out     *lapse.Request
 		expired bool
@@ -415,6 +474,16 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 		}
 		if err := b.eligibleApprover(r, p); err != nil {
 			return err
+		}
+		if d == lapse.DecisionApprove {
+			if err := exposureRefused(b.entitlement(r.Entitlement)); err != nil {
+				return err
+			}
+			if r.Requester.Kind == lapse.KindAgent {
+				if err := mandateStillCovers(ctx, tx, r, mandates, now); err != nil {
+					return err
+				}
+			}
 		}
 		if in.RequestHash != "" && in.RequestHash != r.Hash {
 			return lapse.FieldErrorf(lapse.ECONFLICT, "request_hash", "the request is not the one you reviewed")
@@ -509,7 +578,7 @@ func (b *Broker) CancelRequest(ctx context.Context, id string) (*lapse.Request, 
 		if err != nil {
 			return err
 		}
-		if r.Requester.ID != p.ID {
+		if r.Requester.ID != p.ID && !slices.Contains(r.Requester.Act, p.ID) {
 			return lapse.Errorf(lapse.ENOTFOUND, "no request %s", id)
 		}
 		if r.State != lapse.RequestPending {
@@ -518,6 +587,9 @@ func (b *Broker) CancelRequest(ctx context.Context, id string) (*lapse.Request, 
 		r.State = lapse.RequestCancelled
 		r.DecidedAt = b.clock.Now()
 		r.DecisionNote = "cancelled by the requester"
+		if r.Requester.ID != p.ID {
+			r.DecisionNote = "cancelled by the sponsor " + p.ID
+		}
 		if err := tx.UpdateRequest(ctx, r); err != nil {
 			return err
 		}
@@ -547,9 +619,10 @@ func appendEvent(ctx context.Context, tx lapse.Tx, e *lapse.Event) error {
 }
 
 func (b *Broker) requestEvent(ctx context.Context, actor *lapse.Principal, typ string, r *lapse.Request, outcome string, data map[string]any) *lapse.Event {
-	e := &lapse.Event{Time: b.clock.Now(), Type: typ, Channel: lapse.ChannelFrom(ctx), RequestID: r.ID, GrantID: r.GrantID, Outcome: outcome}
+	e := &lapse.Event{Time: b.clock.Now(), Type: typ, Channel: lapse.ChannelFrom(ctx), RequestID: r.ID, GrantID: r.GrantID, Outcome: outcome,
+		RequestHash: r.Hash, PolicyVersion: b.catalog.Load().version}
 	if actor != nil {
-		e.ActorID, e.ActorKind = actor.ID, actor.Kind
+		e.ActorID, e.ActorKind, e.Act = actor.ID, actor.Kind, actor.Act
 	} else {
 		e.ActorID, e.ActorKind, e.Channel = "lapse", "", lapse.ChannelEngine
 	}
@@ -558,9 +631,10 @@ func (b *Broker) requestEvent(ctx context.Context, actor *lapse.Principal, typ s
 }
 
 func (b *Broker) grantEvent(ctx context.Context, typ string, g *lapse.Grant, outcome string, data map[string]any) *lapse.Event {
-	e := &lapse.Event{Time: b.clock.Now(), Type: typ, Channel: lapse.ChannelEngine, ActorID: "lapse", RequestID: g.RequestID, GrantID: g.ID, Outcome: outcome}
+	e := &lapse.Event{Time: b.clock.Now(), Type: typ, Channel: lapse.ChannelEngine, ActorID: "lapse", RequestID: g.RequestID, GrantID: g.ID, Outcome: outcome,
+		RequestHash: g.RequestHash, PolicyVersion: b.catalog.Load().version}
 	if p := lapse.FromContext(ctx); p != nil {
-		e.ActorID, e.ActorKind, e.Channel = p.ID, p.Kind, lapse.ChannelFrom(ctx)
+		e.ActorID, e.ActorKind, e.Act, e.Channel = p.ID, p.Kind, p.Act, lapse.ChannelFrom(ctx)
 	}
 	e.Data = eventData(data)
 	return e

@@ -86,6 +86,9 @@ type Config struct {
 	Targets map[string]*Target
 	// Entitlements is the catalog, in file order.
 	Entitlements []*lapse.Entitlement
+	// ZSP is zero-standing-privilege assurance: the default exposure
+	// limit, the drift reconciler and the canary (docs/zsp.md).
+	ZSP ZSP
 
 	root     ast.Node
 	entIndex map[string]int
@@ -183,6 +186,7 @@ type rawConfig struct {
 	Workload     rawWorkload          `yaml:"workload"`
 	Targets      map[string]rawTarget `yaml:"targets"`
 	Entitlements []rawEntitlement     `yaml:"entitlements"`
+	ZSP          rawZSP               `yaml:"zsp"`
 }
 
 type rawLog struct {
@@ -237,6 +241,14 @@ type rawEntitlement struct {
 	PendingTimeout  *lapse.Duration `yaml:"pending_timeout"`
 	Approval        *rawApproval    `yaml:"approval"`
 	Spec            map[string]any  `yaml:"spec"`
+	Exposure        *rawExposure    `yaml:"exposure"`
+	Agents          *rawAgents      `yaml:"agents"`
+	Fence           string          `yaml:"fence"`
+}
+
+// rawAgents is an entitlement's policy for the agent lane (docs/agents.md).
+type rawAgents struct {
+	Approval string `yaml:"approval"`
 }
 
 type rawApproval struct {
@@ -478,6 +490,7 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 	}
 
 	c.Workload = v.workload(&raw.Workload, rel)
+	c.ZSP = v.zsp(&raw.ZSP)
 
 	names := make([]string, 0, len(raw.Targets))
 	for name := range raw.Targets {
@@ -513,6 +526,7 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 			c.Entitlements = append(c.Entitlements, e)
 		}
 	}
+	v.canaryEntitlements(c, raw.ZSP.Canary.Entitlements)
 	return c
 }
 
@@ -663,16 +677,31 @@ func (v *validator) entitlement(c *Config, i int, r *rawEntitlement) *lapse.Enti
 		}
 	}
 
+	agentsNeedHuman := v.agents(at, r, e)
 	switch a := r.Approval; {
 	case a == nil:
 		v.errorf(at("approval"), "required: either auto: true, or required: N with approvers")
+	case a.Auto && agentsNeedHuman:
+		// Granted at once to others; an agent's request waits for these
+		// approvers (required defaults to 1).
+		e.Approval.Auto = true
+		e.Approval.Required = a.Required
+		e.Approval.Approvers = v.principals(at("approval", "approvers"), a.Approvers)
+		switch {
+		case a.Required < 0 || a.Required > MaxApprovals:
+			v.errorf(at("approval", "required"), "must be between 1 and %d (the approvals an agent's request needs), or left out for 1", MaxApprovals)
+		case len(a.Approvers) == 0:
+			v.errorf(at("approval", "approvers"), "required with agents.approval: human: who decides an agent's request (principal IDs or group:NAME)")
+		case !slices.ContainsFunc(e.Approval.Approvers, isGroup) && len(e.Approval.Approvers) < max(a.Required, 1):
+			v.errorf(at("approval", "required"), "needs %d approvals but only %d approvers are listed", max(a.Required, 1), len(e.Approval.Approvers))
+		}
 	case a.Auto:
 		e.Approval.Auto = true
 		if a.Required != 0 {
-			v.errorf(at("approval", "required"), "must be left out when auto is true")
+			v.errorf(at("approval", "required"), "must be left out when auto is true (unless agents.approval is human)")
 		}
 		if len(a.Approvers) != 0 {
-			v.errorf(at("approval", "approvers"), "must be left out when auto is true")
+			v.errorf(at("approval", "approvers"), "must be left out when auto is true (unless agents.approval is human)")
 		}
 	default:
 		e.Approval.Required = a.Required
@@ -687,10 +716,40 @@ func (v *validator) entitlement(c *Config, i int, r *rawEntitlement) *lapse.Enti
 		}
 	}
 
+	e.Exposure = v.exposure(at, r.Exposure, e, c.ZSP.MaxExposure)
+
 	if len(v.errs) > before {
 		return nil
 	}
 	return e
+}
+
+// agents reads an entitlement's agent lane policy and fence into e. It
+// reports whether an agent's request must wait for a human.
+func (v *validator) agents(at func(s ...step) []step, r *rawEntitlement, e *lapse.Entitlement) bool {
+	switch r.Fence {
+	case "", "none":
+		e.Fence = lapse.FenceNone
+	case lapse.FenceWait, lapse.FenceFail:
+		e.Fence = r.Fence
+	default:
+		v.errorf(at("fence"), "must be none, wait or fail, not %q", r.Fence)
+	}
+	if r.Agents == nil {
+		return false
+	}
+	if !slices.Contains(e.Lanes, lapse.KindAgent) {
+		v.errorf(at("agents"), "the agent lane is not in lanes: add agent to lanes, or leave agents out")
+	}
+	switch r.Agents.Approval {
+	case lapse.AgentApprovalPolicy, lapse.AgentApprovalHuman:
+		e.Agents = &lapse.AgentRule{Approval: r.Agents.Approval}
+	case "":
+		v.errorf(at("agents", "approval"), "required: human (an agent's request always waits for a human approver) or policy")
+	default:
+		v.errorf(at("agents", "approval"), "must be human or policy, not %q", r.Agents.Approval)
+	}
+	return r.Agents.Approval == lapse.AgentApprovalHuman
 }
 
 // principals normalises a list of principal IDs and "group:NAME" entries.

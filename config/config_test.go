@@ -524,3 +524,68 @@ targets:
 		t.Errorf("a literal duplicate key is reported at line %d", ce.Line)
 	}
 }
+
+// TestAgentsAndFence: an entitlement's agent lane policy and task fence,
+// read strictly.
+func TestAgentsAndFence(t *testing.T) {
+	c := mustParse(t, strings.Replace(base, "    approval: {auto: true}\n", `    lanes: [human, agent]
+    fence: wait
+    agents: {approval: human}
+    approval:
+      auto: true
+      approvers: ["group:leads"]
+`, 1)+`  - name: demo-api/write
+    target: demo-api
+    lanes: [agent]
+    max_duration: 1h
+    fence: fail
+    agents: {approval: policy}
+    approval: {required: 2, approvers: ["group:leads"]}
+  - name: demo-api/status
+    target: demo-api
+    max_duration: 1h
+    fence: none
+    approval: {auto: true}
+`)
+	read, write, status := c.Entitlements[0], c.Entitlements[1], c.Entitlements[2]
+	if read.Fence != lapse.FenceWait || read.Agents == nil || read.Agents.Approval != lapse.AgentApprovalHuman ||
+		!read.Approval.Auto || !slices.Equal(read.Approval.Approvers, []string{"group:leads"}) {
+		t.Errorf("demo-api/read = fence %q agents %+v approval %+v", read.Fence, read.Agents, read.Approval)
+	}
+	if r := read.RuleFor(lapse.KindAgent); r.Auto || r.Required != 1 {
+		t.Errorf("agent rule of demo-api/read = %+v, want 1 human approval", r)
+	}
+	if r := read.RuleFor(lapse.KindHuman); !r.Auto {
+		t.Errorf("human rule of demo-api/read = %+v, want auto", r)
+	}
+	if write.Fence != lapse.FenceFail || write.Agents.Approval != lapse.AgentApprovalPolicy || write.RuleFor(lapse.KindAgent).Required != 2 {
+		t.Errorf("demo-api/write = fence %q agents %+v", write.Fence, write.Agents)
+	}
+	if status.Fence != lapse.FenceNone || status.Agents != nil {
+		t.Errorf("demo-api/status = fence %q agents %+v", status.Fence, status.Agents)
+	}
+
+	agentLanes := "    lanes: [human, agent]\n"
+	for _, tt := range []struct {
+		name, replace string
+		line          int
+		path          string
+	}{
+		{"unknown fence", "    fence: later\n    approval: {auto: true}\n", 12, "entitlements[0].fence"},
+		{"unknown agents key", agentLanes + "    agents: {approval: human, risk: high}\n    approval: {auto: true, approvers: [bob]}\n", 13, "entitlements[0].agents.risk"},
+		{"unknown agents approval", agentLanes + "    agents: {approval: sometimes}\n    approval: {auto: true}\n", 13, "entitlements[0].agents.approval"},
+		{"agents without approval", agentLanes + "    agents: {}\n    approval: {auto: true}\n", 13, "entitlements[0].agents.approval"},
+		{"agents without the agent lane", "    agents: {approval: human}\n    approval: {auto: true, approvers: [bob]}\n", 12, "entitlements[0].agents"},
+		{"human approval of agents without approvers", agentLanes + "    agents: {approval: human}\n    approval: {auto: true}\n", 14, "entitlements[0].approval.approvers"},
+		{"agents quorum unreachable", agentLanes + "    agents: {approval: human}\n    approval: {auto: true, required: 2, approvers: [bob]}\n", 14, "entitlements[0].approval.required"},
+		{"approvers with auto for policy agents", agentLanes + "    agents: {approval: policy}\n    approval: {auto: true, approvers: [bob]}\n", 14, "entitlements[0].approval.approvers"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			src := strings.Replace(base, "    approval: {auto: true}\n", tt.replace, 1)
+			ce := configError(t, func() error { _, err := config.Parse("lapse.yaml", []byte(src)); return err }())
+			if ce.Line != tt.line || ce.Path != tt.path {
+				t.Errorf("at line %d path %q, want line %d path %q (%v)", ce.Line, ce.Path, tt.line, tt.path, ce)
+			}
+		})
+	}
+}

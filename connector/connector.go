@@ -10,6 +10,7 @@ package connector
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -47,6 +48,42 @@ type Connector interface {
 // at the first grant.
 type SpecValidator interface {
 	ValidateSpec(spec map[string]any) error
+}
+
+// Mapper is implemented by connectors that know their part of an
+// entitlement's checkpoint map (DESIGN.md §5, docs/zsp.md): every place
+// their privilege is created or consumed, how Revoke kills it and Verify
+// proves it gone there, and how long it can outlive revocation there. The
+// broker completes it with the paths the configuration adds and refuses
+// (or escalates) grants whose worst-case exposure exceeds policy's limit.
+// spec has passed ValidateSpec; the call does no I/O.
+type Mapper interface {
+	CheckpointMap(spec map[string]any) *PathMap
+}
+
+// PathMap is a connector's checkpoint map for one entitlement.
+type PathMap struct {
+	// Paths are the places the privilege is created or consumed. Source
+	// is filled in by the caller.
+	Paths []lapse.CheckpointPath
+	// RevocationLatency bounds how long Revoke itself may take to end the
+	// access (waiting for killed sessions to go), if the connector has
+	// such a bound; it is added to the exposure bound.
+	RevocationLatency time.Duration
+}
+
+// Exposure returns e's exposure as the broker enforces it: the connector's
+// paths (when c is a Mapper) completed with e's configured paths and
+// policy, and the bound for grants of at most e.MaxDuration.
+func Exposure(c Connector, e *lapse.Entitlement) *lapse.Exposure {
+	var m *PathMap
+	if mp, ok := c.(Mapper); ok {
+		m = mp.CheckpointMap(e.Spec)
+	}
+	if m == nil {
+		m = &PathMap{}
+	}
+	return e.Exposure.Complete(m.Paths, m.RevocationLatency, e.MaxDuration.D())
 }
 
 // Closer is implemented by connectors that hold resources (pools, clients).
@@ -190,3 +227,56 @@ type Env struct {
 // decodes that block (unknown keys are errors that name file and line) into
 // the connector's own Config type.
 type Factory func(env Env, decode func(v any) error) (Connector, error)
+
+// Exerciser is implemented by connectors whose grants can be used for real
+// the way a grantee would use them: a login and a statement, an AUTH and a
+// command, a token presented to an API server. `lapse zsp test` and the
+// scheduled canary use it to check, independently of Verify, that revoked
+// access really stops working, including a session that was opened while
+// the grant was active (DESIGN.md §5, "Session-level tests").
+//
+// Both methods use the real client library of the target, with the grant's
+// credentials only; neither changes anything on the target beyond what a
+// grantee's login does.
+type Exerciser interface {
+	// Use opens a new session with the grant's credentials, uses it once
+	// and closes it. It returns nil if the target accepted the credentials,
+	// an error wrapping ErrDenied if the target refused them, and any other
+	// error if it could not tell (the target is unreachable): a check that
+	// could not run never counts as a denial.
+	Use(ctx context.Context, req *ExerciseRequest) error
+	// Hold opens a session with the grant's credentials and keeps it open,
+	// as a long-lived client (a connection pool, an API server that caches
+	// a token) would. The caller closes it.
+	Hold(ctx context.Context, req *ExerciseRequest) (HeldSession, error)
+}
+
+// ExerciseRequest is what an Exerciser needs to act as the grantee.
+type ExerciseRequest struct {
+	GrantID string
+	// Secret and Info are the grant's credentials, as Grant returned them.
+	Secret map[string]string
+	Info   map[string]string
+	Spec   map[string]any
+}
+
+// HeldSession is a session opened by Exerciser.Hold.
+type HeldSession interface {
+	// Check uses the session again. It returns nil while the session still
+	// works, an error wrapping ErrDenied once it has ended or been refused,
+	// and any other error if it could not tell. A held session never
+	// reconnects: once its one connection is gone, it stays ended.
+	Check(ctx context.Context) error
+	// Describe names the session for a report (a backend PID, a connection
+	// ID, a client ID and the node); it never holds a secret.
+	Describe() string
+	// Close ends the session on the client side.
+	Close() error
+}
+
+// ErrDenied is wrapped by the errors of Exerciser.Use and HeldSession.Check
+// when the target refused the grant's credentials or ended the session.
+var ErrDenied = errors.New("access denied")
+
+// Denied reports whether err says the target refused access.
+func Denied(err error) bool { return errors.Is(err, ErrDenied) }

@@ -34,6 +34,7 @@ var serverPrivileges = map[string]string{
 	"events":            "SELECT, INSERT",
 	"event_seq":         "SELECT, UPDATE",
 	"api_keys":          "SELECT, INSERT, UPDATE",
+	"mandates":          "SELECT, INSERT, UPDATE", // revoked_at and revoked_by are set once
 	"token_feeds":       "SELECT, INSERT, UPDATE",
 	"token_revocations": "SELECT, INSERT",
 	"token_acks":        "SELECT, INSERT, UPDATE",

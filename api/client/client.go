@@ -379,6 +379,49 @@ func (c *Client) RevokeAPIKey(ctx context.Context, prefix string) (*lapse.APIKey
 	return &out, nil
 }
 
+// CreateMandate gives an agent a mandate to ask on the caller's behalf.
+func (c *Client) CreateMandate(ctx context.Context, in lapse.MandateInput) (*lapse.Mandate, error) {
+	var out lapse.Mandate
+	if err := c.do(ctx, call{method: "POST", path: "/v1/mandates", body: in, auth: true, want: 201, out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ListMandates returns the mandates the caller may see. LiveAt is not
+// sent: Live asks the server for the mandates in force on its clock.
+func (c *Client) ListMandates(ctx context.Context, f lapse.MandateFilter) ([]*lapse.Mandate, error) {
+	q := url.Values{}
+	if f.AgentID != "" {
+		q.Set("agent", f.AgentID)
+	}
+	if f.SponsorID != "" {
+		q.Set("sponsor", f.SponsorID)
+	}
+	if f.Live {
+		q.Set("live", "true")
+	}
+	if f.Limit != 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var out struct {
+		Mandates []*lapse.Mandate `json:"mandates"`
+	}
+	if err := c.do(ctx, call{method: "GET", path: "/v1/mandates", query: q, auth: true, want: 200, out: &out}); err != nil {
+		return nil, err
+	}
+	return out.Mandates, nil
+}
+
+// RevokeMandate ends a mandate, and the grants its agent holds under it.
+func (c *Client) RevokeMandate(ctx context.Context, id string) (*lapse.Mandate, error) {
+	var out lapse.Mandate
+	if err := c.do(ctx, call{method: "DELETE", path: "/v1/mandates/" + esc(id), auth: true, want: 200, out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Introspect asks token target whether tok is active (RFC 7662). The
 // client's key needs scope introspect.
 func (c *Client) Introspect(ctx context.Context, target, tok string) (*token.Introspection, error) {

@@ -90,6 +90,19 @@ type IssuerConfig struct {
 	// satisfy, e.g. 'claims.repository_owner == "acme"'. An issuer shared by
 	// many tenants (a public CI provider) needs one.
 	Require string `yaml:"require"`
+	// Kind is the kind of principal the issuer's tokens identify: service
+	// (the default) or agent, for an AI agent's runtime that gets its
+	// identity from a platform. An agent's token is only ever the actor of
+	// a delegation (docs/agents.md), never a subject of its own.
+	Kind lapse.PrincipalKind `yaml:"kind"`
+}
+
+// kind returns the effective principal kind.
+func (c *IssuerConfig) kind() lapse.PrincipalKind {
+	if c.Kind == "" {
+		return lapse.KindService
+	}
+	return c.Kind
 }
 
 // Leeway is a non-negative duration ("30s", "0s") in configuration.
@@ -213,6 +226,9 @@ func (c *IssuerConfig) Validate() []error {
 	}
 	if c.Leeway != nil && time.Duration(*c.Leeway) > MaxLeeway {
 		bad("leeway", "must be at most %s", MaxLeeway)
+	}
+	if c.Kind != "" && c.Kind != lapse.KindService && c.Kind != lapse.KindAgent {
+		bad("kind", "must be service or agent, not %q (people sign in, they are not workloads)", c.Kind)
 	}
 
 	if _, err := compileMapping(c); err != nil {

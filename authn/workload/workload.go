@@ -385,7 +385,7 @@ func (v *Verifier) checkClaims(is *issuer, payload []byte) (*lapse.Principal, er
 	}
 	return &lapse.Principal{
 		ID:     id.id,
-		Kind:   lapse.KindService,
+		Kind:   is.cfg.kind(),
 		Name:   id.name,
 		Groups: id.groups,
 		// A workload token does one thing: ask for (and give back) its

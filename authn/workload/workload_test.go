@@ -100,6 +100,31 @@ func TestDiscoveryEveryKeyType(t *testing.T) {
 	}
 }
 
+// TestAgentIssuer: an issuer configured with kind agent maps its tokens to
+// agent principals (the actor of a delegation); an unknown kind, or human,
+// is refused in the configuration.
+func TestAgentIssuer(t *testing.T) {
+	is := workloadtest.NewIssuer(t)
+	cfg := discoveryIssuer(is)
+	cfg.Kind = lapse.KindAgent
+	cfg.Principal = `"agent:" + claims.sub`
+	v := newVerifier(t, &fakeClock{now: t0}, cfg)
+	p, err := v.Authenticate(context.Background(), is.Token(workloadtest.KidEd25519, is.Claims("coder", "lapse", t0, 5*time.Minute)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ID != "agent:coder" || p.Kind != lapse.KindAgent || len(p.Act) != 0 {
+		t.Errorf("principal %+v, want agent:coder of kind agent acting for nobody yet", p)
+	}
+	for _, kind := range []lapse.PrincipalKind{lapse.KindHuman, "robot"} {
+		cfg.Kind = kind
+		errs := cfg.Validate()
+		if len(errs) != 1 || lapse.ErrorField(errs[0]) != "kind" {
+			t.Errorf("kind %q: errors %v, want one naming kind", kind, errs)
+		}
+	}
+}
+
 // TestKubernetesServiceAccountToken maps the claims of a projected
 // service-account token (namespace and service account under
 // kubernetes.io), fetched from jwks_url as a cluster publishes it.

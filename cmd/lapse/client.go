@@ -97,7 +97,7 @@ func addClientCommandsWith(root *cobra.Command, d *clientDeps) {
 	for _, c := range []*cobra.Command{
 		d.requestCmd(), d.requestsCmd(), d.approveCmd(), d.denyCmd(), d.cancelCmd(),
 		d.grantsCmd(), d.grantCmd(), d.credentialsCmd(), d.releaseCmd(), d.revokeCmd(),
-		d.whoamiCmd(), d.entitlementsCmd(), d.apikeyCmd(), d.receiptCmd(),
+		d.whoamiCmd(), d.entitlementsCmd(), d.apikeyCmd(), d.mandateCmd(), d.receiptCmd(),
 	} {
 		root.AddCommand(c)
 	}

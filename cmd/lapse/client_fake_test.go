@@ -25,22 +25,25 @@ type fakeService struct {
 	mu    sync.Mutex
 	calls []string
 
-	whoami       func(ctx context.Context) (*lapse.Principal, error)
-	entitlements func(ctx context.Context) ([]*lapse.Entitlement, error)
-	create       func(ctx context.Context, in lapse.RequestInput) (*lapse.RequestResult, error)
-	getRequest   func(ctx context.Context, id string) (*lapse.Request, error)
-	listRequests func(ctx context.Context, f lapse.RequestFilter) ([]*lapse.Request, error)
-	approve      func(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error)
-	deny         func(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error)
-	cancel       func(ctx context.Context, id string) (*lapse.Request, error)
-	getGrant     func(ctx context.Context, id string) (*lapse.Grant, error)
-	listGrants   func(ctx context.Context, f lapse.GrantFilter) ([]*lapse.Grant, error)
-	claim        func(ctx context.Context, id string) (*lapse.Credentials, error)
-	release      func(ctx context.Context, id string, in lapse.ReleaseInput) (*lapse.Grant, error)
-	revoke       func(ctx context.Context, id string, in lapse.RevokeInput) (*lapse.Grant, error)
-	createKey    func(ctx context.Context, in lapse.APIKeyInput) (*lapse.NewAPIKey, error)
-	listKeys     func(ctx context.Context) ([]*lapse.APIKey, error)
-	revokeKey    func(ctx context.Context, prefix string) (*lapse.APIKey, error)
+	whoami        func(ctx context.Context) (*lapse.Principal, error)
+	entitlements  func(ctx context.Context) ([]*lapse.Entitlement, error)
+	create        func(ctx context.Context, in lapse.RequestInput) (*lapse.RequestResult, error)
+	getRequest    func(ctx context.Context, id string) (*lapse.Request, error)
+	listRequests  func(ctx context.Context, f lapse.RequestFilter) ([]*lapse.Request, error)
+	approve       func(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error)
+	deny          func(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error)
+	cancel        func(ctx context.Context, id string) (*lapse.Request, error)
+	getGrant      func(ctx context.Context, id string) (*lapse.Grant, error)
+	listGrants    func(ctx context.Context, f lapse.GrantFilter) ([]*lapse.Grant, error)
+	claim         func(ctx context.Context, id string) (*lapse.Credentials, error)
+	release       func(ctx context.Context, id string, in lapse.ReleaseInput) (*lapse.Grant, error)
+	revoke        func(ctx context.Context, id string, in lapse.RevokeInput) (*lapse.Grant, error)
+	createKey     func(ctx context.Context, in lapse.APIKeyInput) (*lapse.NewAPIKey, error)
+	listKeys      func(ctx context.Context) ([]*lapse.APIKey, error)
+	revokeKey     func(ctx context.Context, prefix string) (*lapse.APIKey, error)
+	createMandate func(ctx context.Context, in lapse.MandateInput) (*lapse.Mandate, error)
+	listMandates  func(ctx context.Context, f lapse.MandateFilter) ([]*lapse.Mandate, error)
+	revokeMandate func(ctx context.Context, id string) (*lapse.Mandate, error)
 }
 
 var _ lapse.Service = (*fakeService)(nil)
@@ -181,6 +184,27 @@ func (f *fakeService) RevokeAPIKey(ctx context.Context, prefix string) (*lapse.A
 		return nil, errUnexpected
 	}
 	return f.revokeKey(ctx, prefix)
+}
+
+func (f *fakeService) CreateMandate(ctx context.Context, in lapse.MandateInput) (*lapse.Mandate, error) {
+	if !f.record("CreateMandate", f.createMandate) {
+		return nil, errUnexpected
+	}
+	return f.createMandate(ctx, in)
+}
+
+func (f *fakeService) ListMandates(ctx context.Context, fl lapse.MandateFilter) ([]*lapse.Mandate, error) {
+	if !f.record("ListMandates", f.listMandates) {
+		return nil, errUnexpected
+	}
+	return f.listMandates(ctx, fl)
+}
+
+func (f *fakeService) RevokeMandate(ctx context.Context, id string) (*lapse.Mandate, error) {
+	if !f.record("RevokeMandate", f.revokeMandate) {
+		return nil, errUnexpected
+	}
+	return f.revokeMandate(ctx, id)
 }
 
 // fakeClock is a clock that only moves when the fake sleep advances it.

@@ -59,14 +59,37 @@ func (d *clientDeps) entitlementsCmd() *cobra.Command {
 			fmt.Fprintln(cr.stderr, "No entitlements you may request.")
 			return nil
 		}
-		tw := cr.printer().table("NAME", "TARGET", "DEFAULT", "MAX", "APPROVAL", "NEEDS", "DESCRIPTION")
+		tw := cr.printer().table("NAME", "TARGET", "DEFAULT", "MAX", "APPROVAL", "NEEDS", "EXPOSURE", "DESCRIPTION")
 		for _, e := range list {
 			row(tw, e.Name, e.Target, humanDuration(e.DefaultDuration.D()), humanDuration(e.MaxDuration.D()),
-				approvalRule(e.Approval), needs(e), truncate(e.Description, 60))
+				approvalRule(e.Approval), needs(e), exposureCell(e.Exposure), truncate(e.Description, 60))
 		}
 		return tw.Flush()
 	})
 	return c
+}
+
+// exposureCell is an entitlement's worst-case exposure after revocation
+// against its limit (docs/zsp.md), as lapse entitlements shows it.
+func exposureCell(x *lapse.Exposure) string {
+	if x == nil {
+		return ""
+	}
+	bound := humanDuration(x.Bound.D())
+	switch {
+	case x.Unbounded:
+		bound = "unbounded"
+	case x.Bound == 0:
+		bound = "0"
+	}
+	if x.Limit == 0 {
+		return bound
+	}
+	s := bound + " (limit " + humanDuration(x.Limit.D()) + ")"
+	if x.Exceeded {
+		s += " over: " + x.Policy()
+	}
+	return s
 }
 
 func approvalRule(a lapse.ApprovalRule) string {

@@ -15,6 +15,7 @@ import (
 func (d *clientDeps) requestCmd() *cobra.Command {
 	var (
 		dur, reason, ticket, task string
+		onBehalfOf                string
 		wait                      bool
 		timeout                   time.Duration
 	)
@@ -34,10 +35,11 @@ line shows on stderr; otherwise one line per state change. Ctrl-C or
 "lapse cancel ID"). A denied, expired or cancelled request exits with
 status 1 and says why.`,
 		Example: `  lapse request prod-db/read --for 30m --reason "INC-1234: check replication lag" --wait
-  lapse request cache/flush --ticket OPS-88 -o json`,
+  lapse request cache/flush --ticket OPS-88 -o json
+  lapse request prod-db/read --on-behalf-of alice   # an agent key, when several sponsors' mandates cover it`,
 	}
 	d.newClientCommand(c, []string{"ENTITLEMENT"}, func(ctx context.Context, cr *clientRun, args []string) error {
-		in := lapse.RequestInput{Entitlement: args[0], Reason: reason, Ticket: ticket, TaskID: task}
+		in := lapse.RequestInput{Entitlement: args[0], Reason: reason, Ticket: ticket, TaskID: task, OnBehalfOf: onBehalfOf}
 		if dur != "" {
 			v, err := lapse.ParseDuration(dur)
 			if err != nil {
@@ -72,6 +74,7 @@ status 1 and says why.`,
 	f.StringVar(&reason, "reason", "", "why you need it (some entitlements require it)")
 	f.StringVar(&ticket, "ticket", "", "ticket or incident reference (some entitlements require it)")
 	f.StringVar(&task, "task", "", "task ID; the grant ends when the task releases it")
+	f.StringVar(&onBehalfOf, "on-behalf-of", "", "for an agent: the sponsor to ask for, when mandates of several sponsors cover the request")
 	f.BoolVar(&wait, "wait", false, "wait for the decision and the grant, then print the credentials")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait at most")
 	return c
@@ -95,6 +98,9 @@ func (cr *clientRun) printRequestResult(res *lapse.RequestResult) error {
 		return cr.printCredentials(res.Credentials)
 	}
 	switch {
+	case res.Grant != nil && res.Grant.State == lapse.GrantScheduled:
+		fmt.Fprintf(cr.stderr, "Grant %s waits: an earlier grant of %s must be revoked and verified first. Claim the credentials with \"lapse credentials %s\" once it is active.\n",
+			clean(res.Grant.ID), clean(r.Entitlement), clean(res.Grant.ID))
 	case r.State == lapse.RequestPending:
 		fmt.Fprintf(cr.stderr, "Waiting for %s. Check with \"lapse requests --mine\"; withdraw with \"lapse cancel %s\".\n",
 			plural(r.Required-countApprovals(r), "approval", "approvals"), clean(r.ID))

@@ -275,11 +275,12 @@ func TestEntitlements(t *testing.T) {
 	c := newCLI(t)
 	list := []*lapse.Entitlement{
 		{Name: "prod-db/read", Target: "prod-db", DefaultDuration: lapse.Duration(15 * time.Minute), MaxDuration: lapse.Duration(8 * time.Hour), RequireReason: true, Approval: lapse.ApprovalRule{Required: 2}},
-		{Name: "api/token", Target: "api", DefaultDuration: lapse.Duration(5 * time.Minute), MaxDuration: lapse.Duration(time.Hour), Approval: lapse.ApprovalRule{Auto: true}},
+		{Name: "api/token", Target: "api", DefaultDuration: lapse.Duration(5 * time.Minute), MaxDuration: lapse.Duration(time.Hour), Approval: lapse.ApprovalRule{Auto: true},
+			Exposure: &lapse.Exposure{Bound: lapse.Duration(40 * time.Second), Limit: lapse.Duration(10 * time.Second), Exceeded: true}},
 	}
 	c.svc.entitlements = func(context.Context) ([]*lapse.Entitlement, error) { return list, nil }
 	stdout, _ := c.mustRun("entitlements")
-	assertContains(t, stdout, "NAME", "prod-db/read", "15m", "8h", "2 approvals", "reason", "api/token", "auto")
+	assertContains(t, stdout, "NAME", "prod-db/read", "15m", "8h", "2 approvals", "reason", "api/token", "auto", "EXPOSURE", "40s (limit 10s) over: refuse")
 	stdout, _ = c.mustRun("entitlements", "-o", "json")
 	assertJSON(t, stdout, map[string]any{"entitlements": list})
 }

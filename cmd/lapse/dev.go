@@ -71,7 +71,7 @@ entitlements:
   - name: demo-api/read
     description: Read the demo API. One approver must agree.
     target: demo-api
-    lanes: [human]
+    lanes: [human, agent]
     requesters: ["group:developers"]
     default_duration: 15m
     max_duration: 1h
@@ -97,15 +97,32 @@ entitlements:
       scopes: ["demo:deploy"]
 
   - name: demo-api/status
-    description: Read the demo API's status. Granted at once, for people and services.
+    description: Read the demo API's status. Granted at once, for people, services and agents.
     target: demo-api
-    lanes: [human, service]
+    lanes: [human, service, agent]
     default_duration: 5m
     max_duration: 15m
     approval:
       auto: true
     spec:
       scopes: ["demo:status"]
+
+  # High-risk for agents: a developer gets it at once, an AI agent acting
+  # for one waits for a human approver (never its own sponsor).
+  - name: demo-api/admin
+    description: Administer the demo API. Granted at once to developers; an agent's request waits for a human.
+    target: demo-api
+    lanes: [human, agent]
+    requesters: ["group:developers"]
+    default_duration: 10m
+    max_duration: 30m
+    approval:
+      auto: true
+      approvers: ["group:approvers"]
+    agents:
+      approval: human
+    spec:
+      scopes: ["demo:admin"]
 `
 
 // devUser is one built-in user of lapse dev: an API key kept in the store,

@@ -296,6 +296,7 @@ func writeMCPHTTPError(w http.ResponseWriter, status int, code, msg string) {
 const mcpInstructions = `Lapse is a just-in-time access broker: nothing holds standing privilege, and access to a system is granted for one task and taken away afterwards, with proof.
 Use list_entitlements to find what you may ask for, request_access to ask (shortest duration that works, a reason a human can judge), get_status to follow a request or grant, claim_credentials to fetch credentials once a grant is active, and release_access as soon as the task is done.
 Some entitlements are granted at once by policy; others wait for a human approver. You cannot approve, deny or revoke anything, and must not ask the user to approve on your behalf through other channels unless they offer.
+With an agent's key you ask on behalf of the human sponsor who gave you a mandate: you get at most what the sponsor could, within the mandate, and the sponsor cannot approve what you ask for them; another person must.
 Credentials are shown once: use them only for the task and never write them into files, logs, tickets or chat.`
 
 // mcpTools are the tools of the MCP server, on top of the narrow service.
@@ -485,6 +486,7 @@ type (
 		Reason      string `json:"reason,omitempty" jsonschema:"why the task needs this access, in words a human approver can judge; required by some entitlements"`
 		Ticket      string `json:"ticket,omitempty" jsonschema:"ticket or incident reference the task belongs to; required by some entitlements"`
 		TaskID      string `json:"task_id,omitempty" jsonschema:"ID of the task this access is for; the grant belongs to the task"`
+		OnBehalfOf  string `json:"on_behalf_of,omitempty" jsonschema:"the human sponsor you ask for, when mandates of several sponsors cover the request; otherwise leave it out"`
 	}
 	getStatusInput struct {
 		ID string `json:"id" jsonschema:"a request ID (req_...) or grant ID (gr_...) as request_access returned it"`
@@ -601,6 +603,7 @@ func (t *mcpTools) requestAccess(ctx context.Context, a requestAccessInput) (*mc
 		Reason:      a.Reason,
 		Ticket:      a.Ticket,
 		TaskID:      a.TaskID,
+		OnBehalfOf:  strings.TrimSpace(a.OnBehalfOf),
 	}
 	if d := strings.TrimSpace(a.Duration); d != "" {
 		v, err := lapse.ParseDuration(d)

@@ -127,6 +127,9 @@ type Server struct {
 	engineDone   chan struct{}
 	auditCancel  context.CancelFunc
 	auditDone    chan struct{}
+	driftCancel  context.CancelFunc
+	driftDone    chan struct{}
+	canary       *canary // the scheduled session-level test (zsp_test_cmd.go)
 	failed       chan error
 	closing      chan struct{}
 	closeOnce    sync.Once
@@ -307,9 +310,18 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	s.auditCancel = auditCancel
 	s.auditDone = runAudit(auditCtx, s.Audit, s.Logger)
 
+	// The drift reconciler (zsp.drift.interval) stops before the engine
+	// and the sequencer, so its last events are signed too.
+	if err := s.startDrift(ctx); err != nil {
+		return err
+	}
+
 	// Announce the server only once it is ready, so /readyz answers 200
 	// from the first connection on.
 	s.waitReady(ctx)
+	if err := s.startCanary(ctx, reg); err != nil {
+		return fmt.Errorf("start the canary: %w", err)
+	}
 
 	handler := (&api.Server{
 		Service:  s.Broker,
@@ -413,6 +425,11 @@ func (s *Server) release() error {
 		cancel()
 	} else if s.ln != nil {
 		errs = append(errs, s.ln.Close())
+	}
+	s.stopCanary() // its revocation in progress is the engine's to finish
+	if s.driftCancel != nil {
+		s.driftCancel()
+		waitLogged(s.Logger, s.driftDone, "waiting for the drift reconciler to finish its pass")
 	}
 	if s.engineCancel != nil {
 		s.engineCancel()

@@ -81,6 +81,16 @@ type Config struct {
 	KillWait lapse.Duration `json:"kill_wait,omitempty" yaml:"kill_wait,omitempty"`
 	// ProbeTimeout bounds Verify's login attempt. Default 5s.
 	ProbeTimeout lapse.Duration `json:"probe_timeout,omitempty" yaml:"probe_timeout,omitempty"`
+	// UnsafeSkipSessionKill makes the connector behave like a broker that
+	// trusts DROP USER: Revoke does not kill the user's connections, and
+	// grants have no sessions checkpoint, so Verify does not look for
+	// them. A session opened during the grant then keeps working after a
+	// "verified" revocation. It exists only so that `lapse zsp test` can
+	// be shown to catch what a weakened verification misses
+	// (docs/zsp.md); never set it on a real target. Default false; the
+	// connector logs an error at start and a warning at every Revoke
+	// while it is set.
+	UnsafeSkipSessionKill bool `json:"unsafe_skip_session_kill,omitempty" yaml:"unsafe_skip_session_kill,omitempty"`
 }
 
 var (

@@ -94,7 +94,11 @@ func (c *Conn) revokeUser(ctx context.Context, user string, resp *connector.Revo
 			act("dropped user %s@%s", user, h)
 		}
 	}
-	if !c.sabotage[stepKill] {
+	switch {
+	case c.cfg.UnsafeSkipSessionKill:
+		c.logger.Warn("UNSAFE: unsafe_skip_session_kill is set: live sessions of the user were left running", "user", user)
+		act("UNSAFE: did not kill connections of %s (unsafe_skip_session_kill)", user)
+	case !c.sabotage[stepKill]:
 		n, err := c.killSessions(ctx, user)
 		if err != nil {
 			return err

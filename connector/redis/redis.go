@@ -58,7 +58,10 @@ type node struct {
 	// so a probe never changes the identity of an admin connection.
 	probe        atomic.Pointer[goredis.Client]
 	probeOptions func() *goredis.Options
-	mu           sync.Mutex // guards replacing probe, and probeAddrs
+	// base returns the node's connection options (address, TLS, timeouts)
+	// without credentials, for clients that act as a grantee (exercise.go).
+	base func() *goredis.Options
+	mu   sync.Mutex // guards replacing probe, and probeAddrs
 	// probeAddrs are the local addresses of the probe connections, so
 	// Verify does not count its own probe, logged in for a moment when a
 	// login is (wrongly) accepted, as a session of the user.
@@ -167,6 +170,7 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 		admin.ClientName = "lapse"
 		admin.PoolSize = cfg.PoolSize
 		n := &node{name: nc.Name, addr: nc.Addr, admin: goredis.NewClient(admin), probeAddrs: map[string]bool{}}
+		n.base = base
 		n.observer = &batcher[string, observation]{timeout: cfg.Timeout.D(), run: n.observe}
 		n.prober = &batcher[login, probeResult]{timeout: cfg.Timeout.D(), run: n.probeLogins}
 		n.probeOptions = func() *goredis.Options {

@@ -31,6 +31,9 @@ type Introspection struct {
 	// Kind and Entitlement are Lapse's own claims (lapse_kind, ent).
 	Kind        string `json:"lapse_kind,omitempty"`
 	Entitlement string `json:"ent,omitempty"`
+	// Act is the token's RFC 8693 act claim: who uses it on Sub's behalf
+	// (an agent acting for its sponsor). Nil when Sub acts for itself.
+	Act *Actor `json:"act,omitempty"`
 }
 
 // lapseClaims are the non-registered claims Introspect reads.
@@ -38,6 +41,7 @@ type lapseClaims struct {
 	Scope       string `json:"scope"`
 	Kind        string `json:"lapse_kind"`
 	Entitlement string `json:"ent"`
+	Act         *Actor `json:"act"`
 }
 
 // Introspect reports whether raw is an active token of this target: signed
@@ -96,5 +100,6 @@ func (c *Conn) Introspect(ctx context.Context, raw string) (*Introspection, erro
 		Jti:         std.ID,
 		Kind:        own.Kind,
 		Entitlement: own.Entitlement,
+		Act:         own.Act,
 	}, nil
 }

@@ -28,6 +28,14 @@
 // nbf, exp (the grant's deadline, truncated down to the second), lapse_kind
 // (the principal's kind), ent (the entitlement), scope (space-separated, if
 // any) and the spec's claims, which can never override the others.
+//
+// A delegated grant — an AI agent acting for its human sponsor, whose
+// principal carries the chain in Act — is expressed as RFC 8693 §4.1 says:
+// sub is the sponsor (on whose behalf the token is used) and the act
+// claim names the current actor, {"sub": "<agent>"}, with any earlier
+// actors nested inside it. lapse_kind stays the grantee's kind (agent), so
+// an API can tell a delegated token from the sponsor's own even without
+// reading act. jti and exp follow the grant exactly as for any token.
 package token
 
 import (
@@ -269,6 +277,31 @@ func (c *Conn) ValidateSpec(spec map[string]any) error {
 	return err
 }
 
+// Actor is an RFC 8693 act claim: the current actor, and inside it the
+// actor before it, if any.
+type Actor struct {
+	Sub string `json:"sub"`
+	Act *Actor `json:"act,omitempty"`
+}
+
+// delegation returns a token's sub and act claims for p. A principal that
+// acts for itself is the sub, with no act. One acting for others (Act,
+// nearest first) is the current actor: sub is the last of the chain, the
+// party on whose behalf everyone acts, and act nests the actors from p
+// inwards.
+func delegation(p lapse.Principal) (string, *Actor) {
+	if len(p.Act) == 0 {
+		return p.ID, nil
+	}
+	act := &Actor{Sub: p.ID}
+	cur := act
+	for _, id := range p.Act[:len(p.Act)-1] {
+		cur.Act = &Actor{Sub: id}
+		cur = cur.Act
+	}
+	return p.Act[len(p.Act)-1], act
+}
+
 // validTokenID keeps jti values short and printable.
 func validTokenID(id string) error {
 	if id == "" || len(id) > 128 {
@@ -309,7 +342,11 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 		claims[k] = v
 	}
 	claims["iss"] = c.issuer
-	claims["sub"] = req.Principal.ID
+	sub, act := delegation(req.Principal)
+	claims["sub"] = sub
+	if act != nil {
+		claims["act"] = act
+	}
 	claims["aud"] = c.audience // a string: exactly one audience
 	claims["jti"] = req.GrantID
 	claims["iat"] = iat

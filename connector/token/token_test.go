@@ -303,6 +303,60 @@ func TestClaimsAreExact(t *testing.T) {
 	}
 }
 
+// TestDelegatedClaims: an agent acting for its sponsor gets an RFC 8693
+// token: sub is the sponsor, act the agent (earlier actors nested), and
+// jti and exp follow the grant as for any token; introspection reports
+// the same act.
+func TestDelegatedClaims(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	f := newFixture(t, clk)
+	c := f.open(t, f.config())
+	id := lapse.NewID(lapse.PrefixGrant, clk.Now())
+	deadline := clk.Now().Add(10*time.Minute + 700*time.Millisecond)
+	req := grantReq(id, deadline, nil)
+	req.Principal = lapse.Principal{ID: "agent-7", Kind: lapse.KindAgent, Act: []string{"alice"}}
+	g := mustGrant(t, c, req)
+	claims, _, err := verifyAgainstJWKS(c.JWKS(), g.Secret["token"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{
+		"sub": "alice", "act": map[string]any{"sub": "agent-7"}, "lapse_kind": "agent",
+		"jti": id, "exp": float64(deadline.Unix()),
+	} {
+		if got, _ := json.Marshal(claims[k]); string(got) != mustJSON(t, want) {
+			t.Errorf("claim %s = %s, want %s", k, got, mustJSON(t, want))
+		}
+	}
+	in, err := c.Introspect(ctx, g.Secret["token"])
+	if err != nil || !in.Active || in.Sub != "alice" || in.Act == nil || in.Act.Sub != "agent-7" || in.Act.Act != nil || in.Jti != id {
+		t.Fatalf("introspection = %+v (act %+v), %v", in, in.Act, err)
+	}
+
+	// A longer chain nests the earlier actors inside the current one (the
+	// broker refuses such chains; the claim still says them right).
+	req.GrantID = lapse.NewID(lapse.PrefixGrant, clk.Now())
+	req.Principal.Act = []string{"helper", "alice"}
+	g = mustGrant(t, c, req)
+	claims, _, err = verifyAgainstJWKS(c.JWKS(), g.Secret["token"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := mustJSON(t, claims["act"]), `{"act":{"sub":"helper"},"sub":"agent-7"}`; got != want || claims["sub"] != "alice" {
+		t.Errorf("chain: sub %v act %s, want alice and %s", claims["sub"], got, want)
+	}
+
+	// Without a chain there is no act claim.
+	req.GrantID = lapse.NewID(lapse.PrefixGrant, clk.Now())
+	req.Principal.Act = nil
+	g = mustGrant(t, c, req)
+	claims, _, _ = verifyAgainstJWKS(c.JWKS(), g.Secret["token"])
+	if _, ok := claims["act"]; ok || claims["sub"] != "agent-7" {
+		t.Errorf("undelegated token: sub %v act %v", claims["sub"], claims["act"])
+	}
+}
+
 func mustJSON(t *testing.T, v any) string {
 	t.Helper()
 	b, err := json.Marshal(v)

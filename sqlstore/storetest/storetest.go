@@ -29,6 +29,7 @@ func Run(t *testing.T, open func(t *testing.T) lapse.Store) {
 		{"Claim", claimTests},
 		{"Event", eventTests},
 		{"APIKey", apiKeyTests},
+		{"Mandate", mandateTests},
 		{"TokenFeed", tokenTests},
 		{"Update", updateTests},
 		{"Text", textTests},
