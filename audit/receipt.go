@@ -2,10 +2,12 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -46,6 +48,21 @@ type Receipt struct {
 	Checkpoints []*lapse.Checkpoint `json:"checkpoints"`
 	Timings     ReceiptTimings      `json:"timings"`
 	Log         ReceiptLog          `json:"log"`
+	// SessionTests are the session-level tests run on this grant (the
+	// zero-standing-privilege canary: use, hold a session, revoke, check
+	// both are refused), each a log entry proven against the same
+	// checkpoint as Log. Absent for grants no test ran on.
+	SessionTests []ReceiptEntry `json:"session_tests,omitempty"`
+}
+
+// ReceiptEntry is one further log entry a receipt carries: its canonical
+// leaf, the same decoded, and its inclusion proof in the tree of the
+// receipt's checkpoint.
+type ReceiptEntry struct {
+	Seq       int64        `json:"seq"`
+	Leaf      []byte       `json:"leaf"`
+	Event     *lapse.Event `json:"event"`
+	Inclusion [][]byte     `json:"inclusion"`
 }
 
 // ReceiptGrant is the grant a receipt is about.
@@ -115,33 +132,42 @@ func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s has no %s entry", g.ID, lapse.EventGrantRevoked)
 	}
 	seq := stored.Seq
+	var tests []*lapse.Event
+	for _, typ := range sessionTestEvents {
+		ev, err := l.b.GrantEvent(ctx, g.ID, typ)
+		if err != nil {
+			return nil, err
+		}
+		if ev != nil {
+			tests = append(tests, ev)
+		}
+	}
+	slices.SortFunc(tests, func(a, b *lapse.Event) int { return cmp.Compare(a.Seq, b.Seq) })
+	last := seq
+	if len(tests) > 0 {
+		last = max(last, tests[len(tests)-1].Seq)
+	}
 	cp, err := l.Latest(ctx)
-	if lapse.ErrorCode(err) == lapse.ENOTFOUND || err == nil && cp.Size < uint64(seq) {
-		if cp, err = l.Sync(ctx); err == nil && (cp == nil || cp.Size < uint64(seq)) {
-			err = lapse.Errorf(lapse.EUNAVAILABLE, "the audit log has not integrated entry %d yet", seq)
+	if lapse.ErrorCode(err) == lapse.ENOTFOUND || err == nil && cp.Size < uint64(last) {
+		if cp, err = l.Sync(ctx); err == nil && (cp == nil || cp.Size < uint64(last)) {
+			err = lapse.Errorf(lapse.EUNAVAILABLE, "the audit log has not integrated entry %d yet", last)
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
-	leaf := EncodeLeaf(stored)
-	hashes, err := l.b.Nodes(ctx, []compact.NodeID{compact.NewNodeID(0, uint64(seq-1))})
+	revoked, err := l.proveEntry(ctx, stored, cp)
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(hashes[0], LeafHash(leaf)) {
-		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: entry %d does not match its leaf hash; run lapse audit verify", seq)
-	}
-	proof, err := inclusionProof(ctx, l.b, uint64(seq-1), cp.Size)
-	if err != nil {
-		return nil, lapse.Internal("audit: inclusion proof", err)
-	}
-	if err := VerifyInclusion(uint64(seq-1), cp.Size, hashes[0], proof, cp.Root); err != nil {
-		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: the stored tree does not prove entry %d; run lapse audit verify", seq)
-	}
-	ev, err := ParseLeaf(leaf)
-	if err != nil {
-		return nil, lapse.Internal("audit: decode leaf", err)
+	leaf, proof, ev := revoked.Leaf, revoked.Inclusion, revoked.Event
+	var sessionTests []ReceiptEntry
+	for _, t := range tests {
+		e, err := l.proveEntry(ctx, t, cp)
+		if err != nil {
+			return nil, err
+		}
+		sessionTests = append(sessionTests, *e)
 	}
 	var logged struct {
 		EvidenceDigest string `json:"evidence_digest"`
@@ -167,6 +193,7 @@ func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
 			Origin: l.Origin(), Seq: seq, Leaf: leaf, Event: ev,
 			TreeSize: cp.Size, Inclusion: proof, Checkpoint: string(cp.Note),
 		},
+		SessionTests: sessionTests,
 	}
 	if rc.Checkpoints == nil {
 		rc.Checkpoints = []*lapse.Checkpoint{}
@@ -179,6 +206,38 @@ func (l *Log) Receipt(ctx context.Context, g *lapse.Grant) ([]byte, error) {
 		return nil, &lapse.Error{Code: lapse.EUNAVAILABLE, Message: "the receipt could not be recorded in the audit log, so it was not issued; try again", Err: err}
 	}
 	return file, nil
+}
+
+// sessionTestEvents are the entries of a grant that record a session-level
+// test of it; a receipt carries the newest of each.
+var sessionTestEvents = []string{lapse.EventCanaryPassed, lapse.EventCanaryFailed}
+
+// proveEntry checks a stored event against its leaf hash and proves it in
+// the tree of cp, whose root it checks the proof against.
+// Returns EINTERNAL when the stored event, leaf or tree disagree (run
+// lapse audit verify).
+func (l *Log) proveEntry(ctx context.Context, stored *lapse.Event, cp *Checkpoint) (*ReceiptEntry, error) {
+	seq := stored.Seq
+	leaf := EncodeLeaf(stored)
+	hashes, err := l.b.Nodes(ctx, []compact.NodeID{compact.NewNodeID(0, uint64(seq-1))})
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(hashes[0], LeafHash(leaf)) {
+		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: entry %d does not match its leaf hash; run lapse audit verify", seq)
+	}
+	proof, err := inclusionProof(ctx, l.b, uint64(seq-1), cp.Size)
+	if err != nil {
+		return nil, lapse.Internal("audit: inclusion proof", err)
+	}
+	if err := VerifyInclusion(uint64(seq-1), cp.Size, hashes[0], proof, cp.Root); err != nil {
+		return nil, lapse.Errorf(lapse.EINTERNAL, "audit: the stored tree does not prove entry %d; run lapse audit verify", seq)
+	}
+	ev, err := ParseLeaf(leaf)
+	if err != nil {
+		return nil, lapse.Internal("audit: decode leaf", err)
+	}
+	return &ReceiptEntry{Seq: seq, Leaf: leaf, Event: ev, Inclusion: proof}, nil
 }
 
 // receiptEvent records the issue of a receipt: which grant, which entry it
@@ -302,6 +361,23 @@ func VerifyReceipt(file []byte, v note.Verifier) (*Receipt, error) {
 	}
 	if err := VerifyInclusion(uint64(ev.Seq-1), cp.Size, LeafHash(rc.Log.Leaf), rc.Log.Inclusion, cp.Root); err != nil {
 		return nil, fmt.Errorf("receipt: the inclusion proof does not verify: %w", err)
+	}
+	for i, st := range rc.SessionTests {
+		tev, err := ParseLeaf(st.Leaf)
+		if err != nil {
+			return nil, fmt.Errorf("receipt: session test %d: %w", i, err)
+		}
+		a, _ := json.Marshal(tev)
+		b, _ := json.Marshal(st.Event)
+		if !bytes.Equal(a, b) || tev.Seq != st.Seq {
+			return nil, fmt.Errorf("receipt: session test %d does not match its log entry", i)
+		}
+		if !slices.Contains(sessionTestEvents, tev.Type) || tev.GrantID != rc.Grant.ID {
+			return nil, fmt.Errorf("receipt: session test %d is not a session-level test of this grant", i)
+		}
+		if err := VerifyInclusion(uint64(tev.Seq-1), cp.Size, LeafHash(st.Leaf), st.Inclusion, cp.Root); err != nil {
+			return nil, fmt.Errorf("receipt: session test %d: the inclusion proof does not verify: %w", i, err)
+		}
 	}
 	return rc, nil
 }

@@ -150,3 +150,45 @@ func TestReceiptRefusesChangedEvidence(t *testing.T) {
 		}
 	})
 }
+
+// TestReceiptCarriesSessionTests: the session-level test run on a grant
+// (the canary: a new use and a held session both refused after revocation,
+// with the timings) travels in its receipt as a proven log entry, and a
+// receipt that lies about it does not verify.
+func TestReceiptCarriesSessionTests(t *testing.T) {
+	stores(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		g := e.revokedGrant(t)
+		tested := &lapse.Event{Time: g.RevokedAt.Add(time.Second), Type: lapse.EventCanaryPassed, ActorID: "lapse:canary",
+			ActorKind: lapse.KindService, Channel: lapse.ChannelSystem, RequestID: g.RequestID, GrantID: g.ID, Outcome: "passed",
+			Data: json.RawMessage(`{"login_refused_ms":12,"session_ended_ms":15}`)}
+		if err := e.store.Update(ctx, func(tx lapse.Tx) error { return tx.AppendEvent(ctx, tested) }); err != nil {
+			t.Fatal(err)
+		}
+		e.appendEvents(t, 10, 10, 0)
+		file, err := e.log.Receipt(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := audit.NewVerifier(e.vkey)
+		rc, err := audit.VerifyReceipt(file, v)
+		if err != nil {
+			t.Fatalf("a receipt with a session test does not verify: %v", err)
+		}
+		if len(rc.SessionTests) != 1 || rc.SessionTests[0].Seq != tested.Seq || rc.SessionTests[0].Event.Type != lapse.EventCanaryPassed ||
+			!bytes.Contains(rc.SessionTests[0].Event.Data, []byte(`"session_ended_ms":15`)) {
+			t.Fatalf("session tests = %+v", rc.SessionTests)
+		}
+		// Claiming the test failed, or moving it to another entry, breaks
+		// the receipt even before its signature is checked.
+		for _, bad := range [][2]string{{`"type":"zsp.canary_passed"`, `"type":"zsp.canary_failed"`}, {`"session_ended_ms":15`, `"session_ended_ms":1`}} {
+			altered := bytes.Replace(file, []byte(bad[0]), []byte(bad[1]), 1)
+			if bytes.Equal(altered, file) {
+				t.Fatalf("the receipt has no %s", bad[0])
+			}
+			if _, err := audit.VerifyReceipt(altered, v); err == nil {
+				t.Fatalf("a receipt with %s verified", bad[1])
+			}
+		}
+	})
+}
