@@ -25,6 +25,7 @@ func TestOpenAPIAuditSchemasMatchGo(t *testing.T) {
 		"ReceiptGrant":     audit.ReceiptGrant{},
 		"ReceiptTimings":   audit.ReceiptTimings{},
 		"ReceiptLog":       audit.ReceiptLog{},
+		"ReceiptEntry":     audit.ReceiptEntry{},
 	} {
 		s, ok := schemas[name].(map[string]any)
 		if !ok {
