@@ -51,6 +51,12 @@ type Entitlement struct {
 	// anything.
 	Exposure *Exposure `json:"exposure,omitempty"`
 
+	// MaxUses, when positive, bounds how many times a grant may be used
+	// where the target can count uses (only token targets can: each RFC
+	// 7662 introspection that answers active is one use). The use after
+	// the last is refused and ends the grant. 0 means no limit.
+	MaxUses int `json:"max_uses,omitempty"`
+
 	// Spec is the connector-specific description of what is granted (roles,
 	// claims, ACL rules). The target's connector validates it at load time.
 	Spec map[string]any `json:"spec,omitempty"`

@@ -146,6 +146,11 @@ type Tx interface {
 	// returns its feed sequence. Adding the same token again returns the
 	// existing sequence and changes nothing.
 	AddTokenRevocation(ctx context.Context, r *TokenRevocation) (int64, error)
+	// CountTokenUse records one use of a token on a target and returns
+	// how many uses it has had, this one included (1 for the first).
+	// Concurrent callers, on one replica or many, each get a distinct
+	// count: no use is lost or counted twice.
+	CountTokenUse(ctx context.Context, target, tokenID string) (int64, error)
 	// AckTokenRevocations records that consumer has applied the feed of
 	// target up to seq. Acknowledgements only move forward.
 	AckTokenRevocations(ctx context.Context, target, consumer string, seq int64) error

@@ -349,6 +349,10 @@ func (ft *fakeTarget) JWKS() jose.JSONWebKeySet {
 	return jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: ft.pub, KeyID: "k1", Algorithm: string(jose.EdDSA), Use: "sig"}}}
 }
 
+func (ft *fakeTarget) IntrospectUse(ctx context.Context, tok string) (*token.Introspection, error) {
+	return ft.Introspect(ctx, tok)
+}
+
 func (ft *fakeTarget) Introspect(ctx context.Context, tok string) (*token.Introspection, error) {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()

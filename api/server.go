@@ -44,6 +44,10 @@ type Authenticator interface {
 type TokenTarget interface {
 	JWKS() jose.JSONWebKeySet
 	Introspect(ctx context.Context, token string) (*token.Introspection, error)
+	// IntrospectUse is Introspect for a consumer asking before it serves a
+	// request: it counts one use of a token with a use limit, and reports
+	// UseLimitReached for the use past it.
+	IntrospectUse(ctx context.Context, token string) (*token.Introspection, error)
 	Feed(ctx context.Context, afterSeq int64, limit int) ([]*lapse.TokenRevocation, error)
 	Ack(ctx context.Context, consumer string, seq int64) error
 }

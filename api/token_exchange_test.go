@@ -130,6 +130,10 @@ type jwtTarget struct {
 	jti string
 }
 
+func (j *jwtTarget) IntrospectUse(ctx context.Context, tok string) (*token.Introspection, error) {
+	return j.Introspect(ctx, tok)
+}
+
 func (j *jwtTarget) Introspect(ctx context.Context, tok string) (*token.Introspection, error) {
 	if tok == "h.p.s" {
 		return &token.Introspection{Active: true, Jti: j.jti}, nil

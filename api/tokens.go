@@ -2,11 +2,13 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/lapsehq/lapse"
 )
@@ -67,12 +69,51 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) error {
 	if tok == "" {
 		return lapse.FieldErrorf(lapse.EINVALID, "token", "token is required")
 	}
-	res, err := t.Introspect(r.Context(), tok)
+	// The caller asks before serving a request: this is a use of the
+	// token, counted when its entitlement limits uses.
+	res, err := t.IntrospectUse(r.Context(), tok)
 	if err != nil {
 		return err
 	}
+	if res.UseLimitReached {
+		s.endUsedUp(r.Context(), res.GrantID)
+	}
 	writeJSON(w, http.StatusOK, res)
 	return nil
+}
+
+// UseLimitPrincipal is the system principal that ends a grant whose token
+// has used up its entitlement's max_uses.
+var UseLimitPrincipal = lapse.Principal{
+	ID:           "lapse:use-limit",
+	Kind:         lapse.KindService,
+	Name:         "Lapse use limit",
+	Scopes:       []string{lapse.ScopeRevoke},
+	CredentialID: "system",
+}
+
+// UseLimitReason is the reason recorded on a grant ended by its use limit.
+const UseLimitReason = "use limit reached"
+
+// endUsedUp revokes grant id, whose token has just been used past its
+// limit (and is already on the revocation feed, so it is inactive
+// everywhere). The revocation is the ordinary one: the engine revokes on
+// the target and verifies every checkpoint. It does not wait for that, and
+// it outlives the introspection request. A failure is logged: the token
+// stays inactive, and the grant still ends at its deadline.
+func (s *Server) endUsedUp(ctx context.Context, id string) {
+	if !lapse.ValidID(lapse.PrefixGrant, id) {
+		return
+	}
+	p := UseLimitPrincipal
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	ctx = lapse.NewContext(lapse.WithChannel(ctx, lapse.ChannelSystem), &p)
+	if _, err := s.Service.Revoke(ctx, id, lapse.RevokeInput{Reason: UseLimitReason}); err != nil {
+		s.logger().Error("cannot end a grant whose token reached its use limit", "grant", id, "err", err)
+		return
+	}
+	s.logger().Info("grant ended: use limit reached", "grant", id)
 }
 
 // readForm reads an application/x-www-form-urlencoded body of at most

@@ -71,7 +71,15 @@ func (c *gatedConnector) ValidateSpec(spec map[string]any) error {
 	return nil
 }
 
+// CountsUses implements connector.UseLimiter by asking the wrapped
+// connector, so wrapping neither hides nor invents the ability to count.
+func (c *gatedConnector) CountsUses() bool {
+	ul, ok := c.Connector.(connector.UseLimiter)
+	return ok && ul.CountsUses()
+}
+
 var (
 	_ connector.Connector     = (*gatedConnector)(nil)
 	_ connector.SpecValidator = (*gatedConnector)(nil)
+	_ connector.UseLimiter    = (*gatedConnector)(nil)
 )

@@ -235,6 +235,9 @@ func (b *Broker) SetCatalog(entries []*lapse.Entitlement) error {
 		if err := checkAgentRules(e); err != nil { // agents.go
 			return err
 		}
+		if err := checkMaxUses(e, t.conn); err != nil {
+			return err
+		}
 		if v, ok := t.conn.(connector.SpecValidator); ok {
 			if err := v.ValidateSpec(e.Spec); err != nil {
 				return fmt.Errorf("broker: entitlement %s: spec: %w", e.Name, err)
@@ -254,6 +257,22 @@ func (b *Broker) SetCatalog(entries []*lapse.Entitlement) error {
 	}
 	c.version = v
 	b.catalog.Store(c)
+	return nil
+}
+
+// checkMaxUses refuses a use limit that e's target cannot enforce: only a
+// connector.UseLimiter counts uses, and a limit nobody counts would be a
+// promise the broker does not keep.
+func checkMaxUses(e *lapse.Entitlement, c connector.Connector) error {
+	if e.MaxUses < 0 {
+		return fmt.Errorf("broker: entitlement %s: max_uses must not be negative", e.Name)
+	}
+	if e.MaxUses == 0 {
+		return nil
+	}
+	if ul, ok := c.(connector.UseLimiter); !ok || !ul.CountsUses() {
+		return fmt.Errorf("broker: entitlement %s: max_uses: target %s cannot count uses (only token targets can)", e.Name, e.Target)
+	}
 	return nil
 }
 

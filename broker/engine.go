@@ -471,12 +471,20 @@ func (e *engine) spec(g *lapse.Grant) map[string]any {
 	return nil
 }
 
+// maxUses is the use limit of g's entitlement in the catalog in force.
+func (e *engine) maxUses(g *lapse.Grant) int {
+	if ent := e.b.entitlement(g.Entitlement); ent != nil {
+		return ent.MaxUses
+	}
+	return 0
+}
+
 // provision calls Grant and records the outcome in res.
 func (e *engine) provision(ctx context.Context, t *target, res *result) {
 	b := e.b
 	g := res.g
 	start := time.Now()
-	resp, err := t.conn.Grant(ctx, &connector.GrantRequest{GrantID: g.ID, Principal: g.Principal, Entitlement: g.Entitlement, Spec: e.spec(g), ExpiresAt: g.ExpiresAt})
+	resp, err := t.conn.Grant(ctx, &connector.GrantRequest{GrantID: g.ID, Principal: g.Principal, Entitlement: g.Entitlement, Spec: e.spec(g), MaxUses: e.maxUses(g), ExpiresAt: g.ExpiresAt})
 	t.observe(time.Since(start))
 	b.metrics.call(t.name, "grant", err, time.Since(start))
 	now := b.clock.Now()

@@ -25,7 +25,7 @@ func (b *Broker) provisionInline(ctx context.Context, g *lapse.Grant) (*lapse.Gr
 	now := b.clock.Now()
 	callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.LeaseUntil.Add(-b.engine.leaseMargin()).Sub(now))
 	start := time.Now()
-	resp, err := t.conn.Grant(callCtx, &connector.GrantRequest{GrantID: g.ID, Principal: g.Principal, Entitlement: g.Entitlement, Spec: b.engine.spec(g), ExpiresAt: g.ExpiresAt})
+	resp, err := t.conn.Grant(callCtx, &connector.GrantRequest{GrantID: g.ID, Principal: g.Principal, Entitlement: g.Entitlement, Spec: b.engine.spec(g), MaxUses: b.engine.maxUses(g), ExpiresAt: g.ExpiresAt})
 	cancel()
 	t.observe(time.Since(start))
 	b.metrics.call(t.name, "grant", err, time.Since(start))

@@ -60,6 +60,8 @@ const (
 	MaxFileSize = 4 << 20
 	// MaxDescriptionLength bounds an entitlement's description.
 	MaxDescriptionLength = 1024
+	// MaxUses bounds an entitlement's max_uses.
+	MaxUses = 1_000_000_000
 )
 
 // Config is a loaded and validated configuration.
@@ -244,6 +246,7 @@ type rawEntitlement struct {
 	Exposure        *rawExposure    `yaml:"exposure"`
 	Agents          *rawAgents      `yaml:"agents"`
 	Fence           string          `yaml:"fence"`
+	MaxUses         *int            `yaml:"max_uses"`
 }
 
 // rawAgents is an entitlement's policy for the agent lane (docs/agents.md).
@@ -713,6 +716,16 @@ func (v *validator) entitlement(c *Config, i int, r *rawEntitlement) *lapse.Enti
 			v.errorf(at("approval", "approvers"), "required: who may approve (principal IDs or group:NAME)")
 		case !slices.ContainsFunc(e.Approval.Approvers, isGroup) && len(e.Approval.Approvers) < a.Required:
 			v.errorf(at("approval", "required"), "needs %d approvals but only %d approvers are listed", a.Required, len(e.Approval.Approvers))
+		}
+	}
+
+	if r.MaxUses != nil {
+		// Whether the target can count uses is the connector's to say
+		// (connector.UseLimiter); the server checks it when it opens them.
+		if n := *r.MaxUses; n < 1 || n > MaxUses {
+			v.errorf(at("max_uses"), "must be between 1 and %d, or left out for no limit", MaxUses)
+		} else {
+			e.MaxUses = n
 		}
 	}
 

@@ -218,6 +218,10 @@ func TestParseErrors(t *testing.T) {
 		{"bad entitlement name", strings.Replace(base, "demo-api/read", "Demo API/read", 1), 9, "entitlements[0].name"},
 		{"long entitlement name", strings.Replace(base, "demo-api/read", "a/"+strings.Repeat("b", 127), 1), 9, "entitlements[0].name"},
 		{"bad lane", strings.Replace(base, "    max_duration: 1h\n", "    max_duration: 1h\n    lanes: [human, robot]\n", 1), 12, "entitlements[0].lanes[1]"},
+		{"zero max_uses", strings.Replace(base, "    max_duration: 1h\n", "    max_duration: 1h\n    max_uses: 0\n", 1), 12, "entitlements[0].max_uses"},
+		{"negative max_uses", strings.Replace(base, "    max_duration: 1h\n", "    max_duration: 1h\n    max_uses: -3\n", 1), 12, "entitlements[0].max_uses"},
+		{"absurd max_uses", strings.Replace(base, "    max_duration: 1h\n", "    max_duration: 1h\n    max_uses: 10000000000\n", 1), 12, "entitlements[0].max_uses"},
+		{"max_uses not a number", strings.Replace(base, "    max_duration: 1h\n", "    max_duration: 1h\n    max_uses: twice\n", 1), 12, "entitlements[0].max_uses"},
 		{"no approval", strings.Replace(base, "    approval: {auto: true}\n", "", 1), 9, "entitlements[0].approval"},
 		{"approval without approvers", strings.Replace(base, "{auto: true}", "{required: 1}", 1), 12, "entitlements[0].approval.approvers"},
 		{"approval zero required", strings.Replace(base, "{auto: true}", "{required: 0, approvers: [bob]}", 1), 12, "entitlements[0].approval.required"},
@@ -587,5 +591,18 @@ func TestAgentsAndFence(t *testing.T) {
 				t.Errorf("at line %d path %q, want line %d path %q (%v)", ce.Line, ce.Path, tt.line, tt.path, ce)
 			}
 		})
+	}
+}
+
+// TestMaxUses: max_uses reaches the entitlement; absent means no limit.
+// Whether the target can count uses is checked when the server opens the
+// connectors (cmd/lapse TestUseLimitNeedsATokenTarget).
+func TestMaxUses(t *testing.T) {
+	c := mustParse(t, strings.Replace(base, "    max_duration: 1h\n", "    max_duration: 1h\n    max_uses: 2\n", 1))
+	if got := c.Entitlements[0].MaxUses; got != 2 {
+		t.Errorf("MaxUses = %d, want 2", got)
+	}
+	if got := mustParse(t, base).Entitlements[0].MaxUses; got != 0 {
+		t.Errorf("MaxUses without max_uses = %d, want 0", got)
 	}
 }

@@ -50,6 +50,16 @@ type SpecValidator interface {
 	ValidateSpec(spec map[string]any) error
 }
 
+// UseLimiter is implemented by connectors that count each use of a grant
+// and end the grant when an entitlement's MaxUses is exceeded (the token
+// target: every active RFC 7662 introspection is a use). The broker
+// refuses an entitlement with MaxUses on a target whose connector is not
+// one, because such a limit would silently not hold.
+type UseLimiter interface {
+	// CountsUses reports that the connector enforces MaxUses.
+	CountsUses() bool
+}
+
 // Mapper is implemented by connectors that know their part of an
 // entitlement's checkpoint map (DESIGN.md §5, docs/zsp.md): every place
 // their privilege is created or consumed, how Revoke kills it and Verify
@@ -97,6 +107,9 @@ type GrantRequest struct {
 	Principal   lapse.Principal
 	Entitlement string
 	Spec        map[string]any
+	// MaxUses is the entitlement's use limit (0: none). Only a UseLimiter
+	// is ever asked for a grant with one.
+	MaxUses int
 	// ExpiresAt is the grant's deadline. Connectors set it as the target's
 	// own expiry wherever the target has one (defence in depth).
 	ExpiresAt time.Time

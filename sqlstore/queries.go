@@ -48,6 +48,7 @@ const (
 	qTokenRevocations
 	qTokenRevoked
 	qConsumerAcks
+	qCountTokenUse
 
 	numQueries
 )
@@ -153,6 +154,11 @@ var queryText = [numQueries]string{
 	qTokenRevocations: "SELECT " + revocationCols + " FROM token_revocations WHERE target = ? AND seq > ? ORDER BY seq LIMIT ?",
 	qTokenRevoked:     "SELECT 1 FROM token_revocations WHERE target = ? AND token_id = ?",
 	qConsumerAcks:     "SELECT consumer, seq FROM token_acks WHERE target = ?",
+	// One statement, so the increment is atomic on both databases: the
+	// upsert takes the row's lock (PostgreSQL) or the write lock (SQLite)
+	// and returns the count it wrote.
+	qCountTokenUse: "INSERT INTO token_uses (target, token_id, uses) VALUES (?, ?, 1) " +
+		"ON CONFLICT (target, token_id) DO UPDATE SET uses = token_uses.uses + 1 RETURNING uses",
 }
 
 // bulk names a multi-row insert: the transaction buffers these rows and

@@ -38,6 +38,7 @@ var serverPrivileges = map[string]string{
 	"token_feeds":       "SELECT, INSERT, UPDATE",
 	"token_revocations": "SELECT, INSERT",
 	"token_acks":        "SELECT, INSERT, UPDATE",
+	"token_uses":        "SELECT, INSERT, UPDATE", // a use count only grows
 	"audit_leaves":      "SELECT, INSERT",
 	"audit_nodes":       "SELECT, INSERT",
 	"audit_checkpoints": "SELECT, INSERT",

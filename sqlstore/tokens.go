@@ -49,6 +49,27 @@ func (t *tx) AddTokenRevocation(ctx context.Context, r *lapse.TokenRevocation) (
 	return seq, nil
 }
 
+// CountTokenUse implements lapse.Tx.
+func (t *tx) CountTokenUse(ctx context.Context, target, tokenID string) (int64, error) {
+	if err := nonEmpty("target", target); err != nil {
+		return 0, err
+	}
+	if err := nonEmpty("jti", tokenID); err != nil {
+		return 0, err
+	}
+	if err := noNUL("target", target); err != nil {
+		return 0, err
+	}
+	if err := noNUL("jti", tokenID); err != nil {
+		return 0, err
+	}
+	var uses int64
+	if err := t.queryRow(ctx, qCountTokenUse, target, tokenID).Scan(&uses); err != nil {
+		return 0, t.fail("count token use", err)
+	}
+	return uses, nil
+}
+
 // AckTokenRevocations implements lapse.Tx.
 // Returns EINVALID if seq is negative or beyond the feed's last entry: a
 // consumer cannot acknowledge revocations that do not exist yet.

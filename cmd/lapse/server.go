@@ -225,6 +225,11 @@ func (s *Server) Open(ctx context.Context) (err error) {
 				return cfg.EntitlementError(e.Name, "spec", err)
 			}
 		}
+		// A use limit holds only where the target counts uses.
+		if ul, ok := s.Connectors[e.Target].(connector.UseLimiter); e.MaxUses > 0 && (!ok || !ul.CountsUses()) {
+			return cfg.EntitlementError(e.Name, "max_uses", lapse.Errorf(lapse.EINVALID,
+				"entitlement %s: target %s (kind %s) cannot count uses; max_uses needs a token target", e.Name, e.Target, cfg.Targets[e.Target].Kind))
+		}
 	}
 
 	// The audit log opens before the broker: the broker asks it before

@@ -7,7 +7,13 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/lapsehq/lapse"
 )
+
+// ClaimMaxUses is the private claim that carries an entitlement's
+// max_uses in the token, so counting needs no lookup but the count.
+const ClaimMaxUses = "lapse_max_uses"
 
 // maxTokenLength bounds what Introspect parses; Lapse's tokens are far
 // smaller, so anything longer is not one of them.
@@ -34,6 +40,18 @@ type Introspection struct {
 	// Act is the token's RFC 8693 act claim: who uses it on Sub's behalf
 	// (an agent acting for its sponsor). Nil when Sub acts for itself.
 	Act *Actor `json:"act,omitempty"`
+	// MaxUses is the token's use limit (lapse_max_uses), and Uses the uses
+	// counted so far, this introspection included; both absent for a token
+	// without a limit. Uses is only counted by IntrospectUse.
+	MaxUses int64 `json:"lapse_max_uses,omitempty"`
+	Uses    int64 `json:"lapse_uses,omitempty"`
+
+	// UseLimitReached is set, on an inactive answer of IntrospectUse, when
+	// this introspection was the use past the limit: the token has just
+	// been put on the revocation feed and the caller should end grant
+	// GrantID. It is never serialised.
+	UseLimitReached bool   `json:"-"`
+	GrantID         string `json:"-"`
 }
 
 // lapseClaims are the non-registered claims Introspect reads.
@@ -42,6 +60,7 @@ type lapseClaims struct {
 	Kind        string `json:"lapse_kind"`
 	Entitlement string `json:"ent"`
 	Act         *Actor `json:"act"`
+	MaxUses     *int64 `json:"lapse_max_uses"`
 }
 
 // Introspect reports whether raw is an active token of this target: signed
@@ -49,7 +68,26 @@ type lapseClaims struct {
 // nbf and exp, and not on the revocation feed. A bad token of any kind is
 // simply inactive; an error means the store could not be asked (EUNAVAILABLE),
 // and the caller must then treat the token as inactive too.
+//
+// Introspect counts no use: it is what Lapse itself asks (verification, the
+// token endpoint's revocation), and answers active for a token within its
+// limit whatever its count. The API's introspection endpoint uses
+// IntrospectUse.
 func (c *Conn) Introspect(ctx context.Context, raw string) (*Introspection, error) {
+	return c.introspect(ctx, raw, false)
+}
+
+// IntrospectUse is Introspect for a consumer that asks before serving a
+// request: when the token carries a use limit (lapse_max_uses) and would be
+// active, it counts one use in the store. The use past the limit answers
+// inactive, puts the token on the revocation feed in the same transaction
+// (so followers drop it too, and every replica answers inactive from then
+// on), and sets UseLimitReached: the caller then ends the grant.
+func (c *Conn) IntrospectUse(ctx context.Context, raw string) (*Introspection, error) {
+	return c.introspect(ctx, raw, true)
+}
+
+func (c *Conn) introspect(ctx context.Context, raw string, count bool) (*Introspection, error) {
 	inactive := &Introspection{Active: false}
 	if raw == "" || len(raw) > maxTokenLength {
 		return inactive, nil
@@ -87,6 +125,35 @@ func (c *Conn) Introspect(ctx context.Context, raw string) (*Introspection, erro
 	if revoked {
 		return inactive, nil
 	}
+	var maxUses, uses int64
+	if own.MaxUses != nil {
+		if maxUses = *own.MaxUses; maxUses <= 0 {
+			return inactive, nil // Lapse never signs such a limit
+		}
+	}
+	if count && maxUses > 0 {
+		exp := std.Expiry.Time().UTC()
+		var seq int64
+		err := c.store.Update(ctx, func(tx lapse.Tx) error {
+			var err error
+			seq = 0
+			if uses, err = tx.CountTokenUse(ctx, c.name, std.ID); err != nil || uses <= maxUses {
+				return err
+			}
+			seq, err = tx.AddTokenRevocation(ctx, &lapse.TokenRevocation{
+				Target: c.name, TokenID: std.ID, GrantID: std.ID, ExpiresAt: exp, RevokedAt: now,
+			})
+			return err
+		})
+		if err != nil {
+			return inactive, unavailable("token uses cannot be counted now", fmt.Errorf("token: count use of %s: %w", std.ID, err))
+		}
+		if uses > maxUses {
+			c.feed.put(std.ID, seq, exp, now, c.leeway)
+			c.log.Info("token use limit reached", "jti", std.ID, "max_uses", maxUses)
+			return &Introspection{Active: false, UseLimitReached: true, GrantID: std.ID}, nil
+		}
+	}
 	return &Introspection{
 		Active:      true,
 		Scope:       own.Scope,
@@ -101,5 +168,7 @@ func (c *Conn) Introspect(ctx context.Context, raw string) (*Introspection, erro
 		Kind:        own.Kind,
 		Entitlement: own.Entitlement,
 		Act:         own.Act,
+		MaxUses:     maxUses,
+		Uses:        uses,
 	}, nil
 }

@@ -12,12 +12,12 @@ import (
 
 // reservedClaims are the claims an entitlement's spec may not set. The
 // registered claims (RFC 7519 §4.1) carry the grant itself; lapse_kind, ent
-// and scope are set by the connector; act, may_act, client_id and cnf change
+// scope and lapse_max_uses are set by the connector; act, may_act, client_id and cnf change
 // who a consumer believes is acting or holding the token (RFC 8693, RFC
 // 7800), which only the broker may decide.
 var reservedClaims = []string{
 	"iss", "sub", "aud", "exp", "nbf", "iat", "jti",
-	"lapse_kind", "ent", "scope",
+	"lapse_kind", "ent", "scope", "lapse_max_uses",
 	"act", "may_act", "client_id", "cnf",
 }
 

@@ -29,6 +29,13 @@
 // (the principal's kind), ent (the entitlement), scope (space-separated, if
 // any) and the spec's claims, which can never override the others.
 //
+// An entitlement with max_uses adds lapse_max_uses: N. Each introspection
+// of the token through IntrospectUse (the API's RFC 7662 endpoint) that
+// would answer active counts one use in the store; the use after the Nth
+// answers inactive and puts the token on the revocation feed, and the
+// caller ends the grant. Consumers that verify tokens offline with the
+// JWKS alone do not count uses and cannot enforce the limit.
+//
 // A delegated grant — an AI agent acting for its human sponsor, whose
 // principal carries the chain in Act — is expressed as RFC 8693 §4.1 says:
 // sub is the sponsor (on whose behalf the token is used) and the act
@@ -357,6 +364,12 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 	if s := sp.scope(); s != "" {
 		claims["scope"] = s
 	}
+	if req.MaxUses < 0 {
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "max_uses", "max_uses must not be negative")
+	}
+	if req.MaxUses > 0 {
+		claims[ClaimMaxUses] = req.MaxUses
+	}
 	raw, err := jwt.Signed(c.signer).Claims(claims).Serialize()
 	if err != nil {
 		return nil, fmt.Errorf("token: sign token for grant %s: %w", req.GrantID, err)
@@ -380,6 +393,9 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 	}
 	if s := sp.scope(); s != "" {
 		info["scope"] = s
+	}
+	if req.MaxUses > 0 {
+		info["max_uses"] = fmt.Sprint(req.MaxUses)
 	}
 	cps := []connector.CheckpointSpec{{Name: CheckpointToken, Kind: lapse.CheckpointTarget}}
 	for _, name := range c.consumers {
@@ -632,9 +648,14 @@ func (c *Conn) Discover(ctx context.Context, req *connector.DiscoverRequest) (*c
 	return resp, nil
 }
 
+// CountsUses implements connector.UseLimiter: IntrospectUse counts the
+// uses of tokens whose entitlement sets max_uses.
+func (c *Conn) CountsUses() bool { return true }
+
 // Interface guards.
 var (
 	_ connector.Connector     = (*Conn)(nil)
 	_ connector.SpecValidator = (*Conn)(nil)
+	_ connector.UseLimiter    = (*Conn)(nil)
 	_ connector.Factory       = Open
 )

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ var apiKeyTests = []test{
 
 var tokenTests = []test{
 	{"Feed", testTokenFeed},
+	{"Uses", testTokenUses},
 	{"Acks", testTokenAcks},
 }
 
@@ -318,4 +320,56 @@ func testTokenAcks(t *testing.T, s lapse.Store) {
 		t.Fatal(err)
 	}
 	wantEqual(t, "acks after refused ones", got, map[string]int64{"c1": 4, "c2": 5})
+}
+
+// testTokenUses: each CountTokenUse adds one and returns the new count,
+// per (target, token); a rolled-back count is not kept.
+func testTokenUses(t *testing.T, s lapse.Store) {
+	ctx := context.Background()
+	count := func(target, jti string) int64 {
+		t.Helper()
+		var n int64
+		update(t, s, func(tx lapse.Tx) error {
+			var err error
+			n, err = tx.CountTokenUse(ctx, target, jti)
+			return err
+		})
+		return n
+	}
+	for want := int64(1); want <= 3; want++ {
+		if got := count("api", "t1"); got != want {
+			t.Fatalf("use %d of api/t1: count = %d", want, got)
+		}
+	}
+	if got := count("api", "t2"); got != 1 {
+		t.Errorf("first use of another token: count = %d, want 1", got)
+	}
+	if got := count("other", "t1"); got != 1 {
+		t.Errorf("first use of the same token ID on another target: count = %d, want 1", got)
+	}
+	// A use counted in a transaction that fails is not kept.
+	errRollback := errors.New("roll back")
+	err := s.Update(ctx, func(tx lapse.Tx) error {
+		n, err := tx.CountTokenUse(ctx, "api", "t1")
+		if err != nil {
+			return err
+		}
+		if n != 4 {
+			return fmt.Errorf("count inside the transaction = %d, want 4", n)
+		}
+		return errRollback
+	})
+	if !errors.Is(err, errRollback) {
+		t.Fatalf("Update = %v, want the rollback error", err)
+	}
+	if got := count("api", "t1"); got != 4 {
+		t.Errorf("after a rolled-back use: count = %d, want 4", got)
+	}
+	for _, c := range []struct{ target, jti string }{{"", "t1"}, {"api", ""}, {"a\x00pi", "t1"}, {"api", "t\x001"}} {
+		err := s.Update(ctx, func(tx lapse.Tx) error {
+			_, err := tx.CountTokenUse(ctx, c.target, c.jti)
+			return err
+		})
+		wantCode(t, err, lapse.EINVALID)
+	}
 }

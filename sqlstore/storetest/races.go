@@ -18,6 +18,7 @@ var raceTests = []test{
 	{"Fencing", testRaceFencing},
 	{"EventSequence", testRaceEvents},
 	{"TokenFeed", testRaceTokenFeed},
+	{"TokenUses", testRaceTokenUses},
 }
 
 // start runs n goroutines that begin together and waits for them.
@@ -352,6 +353,61 @@ func testRaceTokenFeed(t *testing.T, s lapse.Store) {
 	for i, r := range feed {
 		if r.Seq != int64(i+1) || seqOf[r.TokenID] != r.Seq {
 			t.Fatalf("feed[%d] = seq %d token %s (adders saw %d)", i, r.Seq, r.TokenID, seqOf[r.TokenID])
+		}
+	}
+}
+
+// testRaceTokenUses: concurrent counters of the same tokens. Every use
+// gets a distinct count, the counts of a token are exactly 1…N, and none
+// is lost: what a use limit relies on across replicas.
+func testRaceTokenUses(t *testing.T, s lapse.Store) {
+	ctx := context.Background()
+	const counters, uses, tokens = 8, 15, 2
+	var mu sync.Mutex
+	seen := map[string]map[int64]int{}
+	start(counters, func(c int) {
+		for i := range uses * tokens {
+			jti := fmt.Sprintf("jti-%d", (i+c)%tokens)
+			var n int64
+			err := s.Update(ctx, func(tx lapse.Tx) error {
+				var err error
+				n, err = tx.CountTokenUse(ctx, "api", jti)
+				return err
+			})
+			if err != nil {
+				t.Errorf("counter %d: %v", c, err)
+				return
+			}
+			mu.Lock()
+			if seen[jti] == nil {
+				seen[jti] = map[int64]int{}
+			}
+			if other, dup := seen[jti][n]; dup {
+				t.Errorf("counters %d and %d both got count %d for %s", other, c, n, jti)
+			}
+			seen[jti][n] = c
+			mu.Unlock()
+		}
+	})
+	for k := range tokens {
+		jti := fmt.Sprintf("jti-%d", k)
+		if got, want := len(seen[jti]), counters*uses; got != want {
+			t.Errorf("%s: %d distinct counts, want %d", jti, got, want)
+		}
+		for n := int64(1); n <= counters*uses; n++ {
+			if _, ok := seen[jti][n]; !ok {
+				t.Errorf("%s: no use got count %d", jti, n)
+				break
+			}
+		}
+		var next int64
+		update(t, s, func(tx lapse.Tx) error {
+			var err error
+			next, err = tx.CountTokenUse(ctx, "api", jti)
+			return err
+		})
+		if next != counters*uses+1 {
+			t.Errorf("%s: the next use counts %d, want %d (a use was lost)", jti, next, counters*uses+1)
 		}
 	}
 }
