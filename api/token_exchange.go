@@ -414,7 +414,7 @@ func (s *Server) credential(ctx context.Context, token, typ, param string) (*lap
 	switch typ {
 	case TokenTypeJWT:
 		if s.Workload == nil {
-			return nil, oauthErr(http.StatusBadRequest, OAuthInvalidGrant, "this server trusts no workload token issuer", nil)
+			return nil, oauthErr(http.StatusBadRequest, OAuthInvalidRequest, "this server trusts no workload token issuer", nil)
 		}
 		p, err = s.Workload.Authenticate(ctx, token)
 	case TokenTypeAPIKey:
@@ -438,7 +438,7 @@ func (s *Server) credential(ctx context.Context, token, typ, param string) (*lap
 		if e := lapse.ErrorMessage(err); err != nil && lapse.ErrorCode(err) == lapse.EUNAUTHORIZED {
 			msg = e
 		}
-		return nil, oauthErr(http.StatusBadRequest, OAuthInvalidGrant, msg, err)
+		return nil, oauthErr(http.StatusBadRequest, OAuthInvalidRequest, msg, err)
 	}
 	return p, nil
 }

@@ -280,12 +280,12 @@ func TestTokenExchangeRefusesBadInput(t *testing.T) {
 	}
 }
 
-// TestTokenExchangeSubject: bad subject tokens are invalid_grant and never
-// quoted; only services may use the machine lane; an issuer that cannot be
+// TestTokenExchangeSubject: bad subject tokens are invalid_request (RFC 8693
+// §2.2.2) and never quoted; only services may use the machine lane; an issuer that cannot be
 // reached is temporarily_unavailable.
 func TestTokenExchangeSubject(t *testing.T) {
 	e := newMachineEnv(t)
-	oe := wantOAuth(t, e.post(t, "/v1/token", "", form, exchangeForm("subject_token", "expired.jwt.value")), 400, api.OAuthInvalidGrant)
+	oe := wantOAuth(t, e.post(t, "/v1/token", "", form, exchangeForm("subject_token", "expired.jwt.value")), 400, api.OAuthInvalidRequest)
 	if strings.Contains(oe.Description, "expired.jwt.value") || strings.Contains(e.logs.String(), "expired.jwt.value") {
 		t.Error("the token is echoed or logged")
 	}
@@ -299,9 +299,9 @@ func TestTokenExchangeSubject(t *testing.T) {
 		t.Error("503 without Retry-After")
 	}
 	// API keys: a service's key is a subject; a human's is not; a bad key
-	// is invalid_grant like any bad token.
+	// is invalid_request like any bad token.
 	wantOAuth(t, e.post(t, "/v1/token", "", form, exchangeForm("subject_token", e.keys["alice"], "subject_token_type", api.TokenTypeAPIKey)), 400, api.OAuthUnauthorizedClient)
-	wantOAuth(t, e.post(t, "/v1/token", "", form, exchangeForm("subject_token", e.keys["ci"]+"x", "subject_token_type", api.TokenTypeAPIKey)), 400, api.OAuthInvalidGrant)
+	wantOAuth(t, e.post(t, "/v1/token", "", form, exchangeForm("subject_token", e.keys["ci"]+"x", "subject_token_type", api.TokenTypeAPIKey)), 400, api.OAuthInvalidRequest)
 	r = e.post(t, "/v1/token", "", form, exchangeForm("subject_token", e.keys["ci"], "subject_token_type", api.TokenTypeAPIKey))
 	if r.status != 200 || e.svc.principal.ID != "svc:ci" {
 		t.Fatalf("service API key: %d %s", r.status, r.body)
@@ -437,9 +437,9 @@ func TestTokenExchangeDelegation(t *testing.T) {
 		{"the actor is a service", e.keys["alice"], api.TokenTypeAPIKey, e.keys["ci"], api.TokenTypeAPIKey, 400, api.OAuthUnauthorizedClient},
 		{"the actor is a person", e.keys["alice"], api.TokenTypeAPIKey, "human-token", api.TokenTypeJWT, 400, api.OAuthUnauthorizedClient},
 		{"the actor already acts for someone", e.keys["alice"], api.TokenTypeAPIKey, e.keys["chained"], api.TokenTypeAPIKey, 400, api.OAuthUnauthorizedClient},
-		{"a bad actor token", e.keys["alice"], api.TokenTypeAPIKey, "expired.jwt", api.TokenTypeJWT, 400, api.OAuthInvalidGrant},
-		{"a bad actor key", e.keys["alice"], api.TokenTypeAPIKey, e.keys["helper"] + "x", api.TokenTypeAPIKey, 400, api.OAuthInvalidGrant},
-		{"a bad sponsor key", e.keys["alice"] + "x", api.TokenTypeAPIKey, e.keys["helper"], api.TokenTypeAPIKey, 400, api.OAuthInvalidGrant},
+		{"a bad actor token", e.keys["alice"], api.TokenTypeAPIKey, "expired.jwt", api.TokenTypeJWT, 400, api.OAuthInvalidRequest},
+		{"a bad actor key", e.keys["alice"], api.TokenTypeAPIKey, e.keys["helper"] + "x", api.TokenTypeAPIKey, 400, api.OAuthInvalidRequest},
+		{"a bad sponsor key", e.keys["alice"] + "x", api.TokenTypeAPIKey, e.keys["helper"], api.TokenTypeAPIKey, 400, api.OAuthInvalidRequest},
 		{"the actor's issuer is down", e.keys["alice"], api.TokenTypeAPIKey, "down", api.TokenTypeJWT, 503, api.OAuthTemporarilyUnavailable},
 	} {
 		t.Run(c.name, func(t *testing.T) {
