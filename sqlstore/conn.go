@@ -217,3 +217,29 @@ func listLimit(n int) int {
 	}
 	return n
 }
+
+// listRows runs a list query (a template for queryDynamic) on a reader and
+// scans every row with scan; op names the operation in errors.
+func listRows[T any](ctx context.Context, s *Store, op, q string, args []any, scan func(scanner) (T, error)) ([]T, error) {
+	c, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.queryDynamic(ctx, q, args...)
+	if err != nil {
+		return nil, c.fail(op, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, c.fail(op, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c.fail(op, err)
+	}
+	return out, nil
+}

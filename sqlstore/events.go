@@ -90,25 +90,5 @@ func (s *Store) ListEvents(ctx context.Context, f lapse.EventFilter) ([]*lapse.E
 	}
 	q := "SELECT " + eventCols + " FROM events" + w.String() + " ORDER BY seq LIMIT ?"
 	args := append(w.args, listLimit(f.Limit))
-	c, err := s.reader()
-	if err != nil {
-		return nil, err
-	}
-	rows, err := c.queryDynamic(ctx, q, args...)
-	if err != nil {
-		return nil, c.fail("list events", err)
-	}
-	defer rows.Close()
-	var out []*lapse.Event
-	for rows.Next() {
-		ev, err := scanEvent(rows)
-		if err != nil {
-			return nil, c.fail("list events", err)
-		}
-		out = append(out, ev)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, c.fail("list events", err)
-	}
-	return out, nil
+	return listRows(ctx, s, "list events", q, args, scanEvent)
 }

@@ -145,27 +145,7 @@ func (s *Store) ListGrants(ctx context.Context, f lapse.GrantFilter) ([]*lapse.G
 	}
 	q := "SELECT " + grantCols + " FROM grants" + w.String() + " ORDER BY created_at DESC, id DESC LIMIT ?"
 	args := append(w.args, listLimit(f.Limit))
-	c, err := s.reader()
-	if err != nil {
-		return nil, err
-	}
-	rows, err := c.queryDynamic(ctx, q, args...)
-	if err != nil {
-		return nil, c.fail("list grants", err)
-	}
-	defer rows.Close()
-	var out []*lapse.Grant
-	for rows.Next() {
-		g, err := scanGrant(rows)
-		if err != nil {
-			return nil, c.fail("list grants", err)
-		}
-		out = append(out, g)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, c.fail("list grants", err)
-	}
-	return out, nil
+	return listRows(ctx, s, "list grants", q, args, scanGrant)
 }
 
 // CountGrantsByState implements lapse.Store. Every known state is present,

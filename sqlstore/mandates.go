@@ -132,27 +132,7 @@ func (s *Store) ListMandates(ctx context.Context, f lapse.MandateFilter) ([]*lap
 	}
 	q := "SELECT " + mandateCols + " FROM mandates" + w.String() + " ORDER BY created_at DESC, id DESC LIMIT ?"
 	args := append(w.args, listLimit(f.Limit))
-	c, err := s.reader()
-	if err != nil {
-		return nil, err
-	}
-	rows, err := c.queryDynamic(ctx, q, args...)
-	if err != nil {
-		return nil, c.fail("list mandates", err)
-	}
-	defer rows.Close()
-	var out []*lapse.Mandate
-	for rows.Next() {
-		m, err := scanMandate(rows)
-		if err != nil {
-			return nil, c.fail("list mandates", err)
-		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, c.fail("list mandates", err)
-	}
-	return out, nil
+	return listRows(ctx, s, "list mandates", q, args, scanMandate)
 }
 
 // GetMandate implements lapse.Tx.
