@@ -79,6 +79,7 @@ func startLapse(t testing.TB, args ...string) *running {
 	select {
 	case <-r.m.Started():
 	case err := <-done:
+		done <- err // for the cleanup's stop, which waits for it
 		t.Fatalf("lapse %s ended before serving: %v\nstderr:\n%s", strings.Join(args, " "), err, r.stderr.String())
 	case <-time.After(startupTimeout):
 		t.Fatalf("lapse %s did not start\nstderr:\n%s", strings.Join(args, " "), r.stderr.String())
