@@ -106,21 +106,36 @@ func (c *conn) exec(ctx context.Context, q qid, args ...any) (sql.Result, error)
 	return c.db.ExecContext(ctx, c.s.sql[q], args...)
 }
 
-// queryDynamic runs a query built at run time (a filtered list). Its
-// rendering is cached; the statement is not kept, as lists are not hot.
-func (c *conn) queryDynamic(ctx context.Context, template string, args ...any) (*sql.Rows, error) {
-	s := c.s
+// dynamic renders a statement template built at run time for this
+// store's dialect, once per template: the rendering is cached, the
+// statement is not kept, as these are not hot.
+func (s *Store) dynamic(template string) string {
 	s.dynMu.Lock()
+	defer s.dynMu.Unlock()
 	text, ok := s.dyn[template]
 	if !ok {
 		text = s.d.render(template)
 		s.dyn[template] = text
 	}
-	s.dynMu.Unlock()
+	return text
+}
+
+// queryDynamic runs a query built at run time (a filtered list).
+func (c *conn) queryDynamic(ctx context.Context, template string, args ...any) (*sql.Rows, error) {
+	text := c.s.dynamic(template)
 	if c.tx != nil {
 		return c.tx.QueryContext(ctx, text, args...)
 	}
 	return c.db.QueryContext(ctx, text, args...)
+}
+
+// execDynamic runs a statement built at run time.
+func (c *conn) execDynamic(ctx context.Context, template string, args ...any) (sql.Result, error) {
+	text := c.s.dynamic(template)
+	if c.tx != nil {
+		return c.tx.ExecContext(ctx, text, args...)
+	}
+	return c.db.ExecContext(ctx, text, args...)
 }
 
 // fail classifies err for op and remembers whether the transaction must be

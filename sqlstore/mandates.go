@@ -59,22 +59,6 @@ func scanMandate(sc scanner) (*lapse.Mandate, error) {
 	return m, nil
 }
 
-// execDynamic runs a statement built from a template at run time.
-func (c *conn) execDynamic(ctx context.Context, template string, args ...any) (sql.Result, error) {
-	s := c.s
-	s.dynMu.Lock()
-	text, ok := s.dyn[template]
-	if !ok {
-		text = s.d.render(template)
-		s.dyn[template] = text
-	}
-	s.dynMu.Unlock()
-	if c.tx != nil {
-		return c.tx.ExecContext(ctx, text, args...)
-	}
-	return c.db.ExecContext(ctx, text, args...)
-}
-
 func (c *conn) getMandate(ctx context.Context, id string, forUpdate bool) (*lapse.Mandate, error) {
 	if err := noNUL("id", id); err != nil {
 		return nil, err
