@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -584,13 +585,13 @@ func (e *engine) revoke(ctx context.Context, t *target, res *result, doRevoke bo
 		var residue []string
 		for _, c := range vr.Checkpoints {
 			if !c.Gone {
-				residue = append(residue, c.Name+": "+joinResidue(c.Residue))
+				residue = append(residue, c.Name+": "+strings.Join(c.Residue, "; "))
 			}
 		}
 		for _, name := range unreported {
 			residue = append(residue, name+": not verified (the connector's Verify did not report this checkpoint)")
 		}
-		e.retryLater(res, lapse.GrantRevokeFailed, "verification found residue: "+joinResidue(residue), lapse.EventGrantVerifyFailed,
+		e.retryLater(res, lapse.GrantRevokeFailed, "verification found residue: "+strings.Join(residue, "; "), lapse.EventGrantVerifyFailed,
 			map[string]any{"actions": actions, "residue": residue})
 		return
 	}
@@ -876,15 +877,4 @@ func safeError(err error) string {
 		s = s[:512] + "…"
 	}
 	return s
-}
-
-func joinResidue(items []string) string {
-	out := ""
-	for i, s := range items {
-		if i > 0 {
-			out += "; "
-		}
-		out += s
-	}
-	return out
 }

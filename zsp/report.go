@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/lapsehq/lapse"
@@ -301,7 +302,7 @@ func BuildReport(ctx context.Context, store lapse.Store, opts ReportOptions) (*R
 		}
 		if len(why) > 0 {
 			p := RevocationProblem{GrantID: g.ID, Target: g.Target, Entitlement: g.Entitlement, Principal: g.Principal.ID, State: g.State,
-				Failures: f.failures, LastError: g.LastError, Why: join(why)}
+				Failures: f.failures, LastError: g.LastError, Why: strings.Join(why, ", ")}
 			if measured {
 				p.LatencyMS = msf(lat)
 			}
@@ -374,15 +375,4 @@ func laneOrder(l string) int {
 		return 2
 	}
 	return 3
-}
-
-func join(xs []string) string {
-	out := ""
-	for i, x := range xs {
-		if i > 0 {
-			out += ", "
-		}
-		out += x
-	}
-	return out
 }
