@@ -48,7 +48,8 @@ func NewCanaryMetrics(reg prometheus.Registerer, targets []string) *CanaryMetric
 }
 
 func (m *CanaryMetrics) observe(r *SessionResult) {
-	m.runs.WithLabelValues(r.Target, r.Result).Inc()
+	// The counter goes last: a scrape that sees a run counted must also
+	// see that run's timings.
 	// A time that was not measured leaves the last measured one.
 	set := func(g *prometheus.GaugeVec, v *float64, labels ...string) {
 		if v != nil {
@@ -61,4 +62,5 @@ func (m *CanaryMetrics) observe(r *SessionResult) {
 	if r.Passed() {
 		m.lastSuccess.WithLabelValues(r.Target).Set(float64(time.Now().Unix()))
 	}
+	m.runs.WithLabelValues(r.Target, r.Result).Inc()
 }
