@@ -83,6 +83,26 @@ const (
 	// event belongs to the canary grant's history when there was one.
 	EventCanaryPassed = "zsp.canary_passed"
 	EventCanaryFailed = "zsp.canary_failed"
+	// EventRequestBreakGlass records a break-glass request: self-approved
+	// with its mandatory reason, granted at once. Data lists the approvers
+	// the policy would have asked ("skipped_approvers"), every one of whom
+	// is notified, and the post-review deadline ("review_due").
+	EventRequestBreakGlass = "request.break_glass"
+	// EventRequestReviewed records the mandatory post-review of a
+	// break-glass request by someone other than its requester: outcome is
+	// "accepted" or "rejected".
+	EventRequestReviewed = "request.reviewed"
+	// EventGrantExtended records that a grant's end moved out after an
+	// approved extension request; data holds the old and new expiry.
+	EventGrantExtended = "grant.extended"
+	// EventGrantCancelled records that a scheduled grant was never
+	// provisioned because the decision no longer held at provision time
+	// (the policy now denies, an approver is no longer eligible, the
+	// request is past its window); data holds the reason.
+	EventGrantCancelled = "grant.cancelled"
+	// EventPolicyLoaded records that the server put a policy in force,
+	// at start or on reload; data holds its version and files.
+	EventPolicyLoaded = "policy.loaded"
 )
 
 // Channels through which an action arrived.

@@ -6,6 +6,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/mtibben/confusables"
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -117,6 +118,19 @@ func NormalizeID(s string) (string, error) {
 		}
 	}
 	return s, nil
+}
+
+// SameHuman reports whether two normalised principal IDs name the same
+// identity as a person reads them: equal, or equal once confusable
+// characters are mapped to their prototype (Unicode UTS #39 skeletons), so
+// "alice" and "аlice" (with a Cyrillic а) are one human. Every comparison
+// that keeps a person from deciding their own request, or from counting
+// twice, goes through it.
+func SameHuman(a, b string) bool {
+	if a == b {
+		return true
+	}
+	return confusables.Skeleton(a) == confusables.Skeleton(b)
 }
 
 type principalKey struct{}
