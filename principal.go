@@ -127,11 +127,13 @@ func NormalizeID(s string) (string, error) {
 // that keeps a person from deciding their own request, or from counting
 // twice, goes through it.
 func SameHuman(a, b string) bool {
-	if a == b {
-		return true
-	}
-	return confusables.Skeleton(a) == confusables.Skeleton(b)
+	return a == b || HumanKey(a) == HumanKey(b)
 }
+
+// HumanKey is the key under which a normalised principal ID counts as one
+// human: its confusable skeleton. Two IDs with the same key are the same
+// person for every approval rule.
+func HumanKey(id string) string { return confusables.Skeleton(id) }
 
 type principalKey struct{}
 

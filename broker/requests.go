@@ -370,9 +370,11 @@ func (b *Broker) ListRequests(ctx context.Context, f lapse.RequestFilter) ([]*la
 	return rs, nil
 }
 
+// votedBy reports whether the human id has already decided r, under any
+// spelling of their identity.
 func votedBy(r *lapse.Request, id string) bool {
 	for _, a := range r.Approvals {
-		if a.Approver.ID == id {
+		if lapse.SameHuman(a.Approver.ID, id) {
 			return true
 		}
 	}
@@ -385,10 +387,10 @@ func votedBy(r *lapse.Request, id string) bool {
 // its sponsor is the sponsor's own request, which someone else must
 // approve. Only humans decide.
 func (b *Broker) eligibleApprover(r *lapse.Request, p *lapse.Principal) error {
-	if p.ID == r.Requester.ID {
+	if lapse.SameHuman(p.ID, r.Requester.ID) {
 		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide your own request")
 	}
-	if slices.Contains(r.Requester.Act, p.ID) {
+	if slices.ContainsFunc(r.Requester.Act, func(id string) bool { return lapse.SameHuman(id, p.ID) }) {
 		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide a request filed on your behalf")
 	}
 	if p.Kind != lapse.KindHuman {
@@ -556,8 +558,8 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 func approvalsCount(r *lapse.Request) int {
 	seen := make(map[string]bool, len(r.Approvals))
 	for _, a := range r.Approvals {
-		if a.Decision == lapse.DecisionApprove && a.Approver.ID != r.Requester.ID {
-			seen[a.Approver.ID] = true
+		if a.Decision == lapse.DecisionApprove && !lapse.SameHuman(a.Approver.ID, r.Requester.ID) {
+			seen[lapse.HumanKey(a.Approver.ID)] = true
 		}
 	}
 	return len(seen)
