@@ -28,6 +28,29 @@ type Entitlement struct {
 	MaxDuration     Duration `json:"max_duration,omitzero"`
 	RequireReason   bool     `json:"require_reason"`
 	RequireTicket   bool     `json:"require_ticket"`
+	// TicketPattern, when set, is a regular expression (RE2) every ticket
+	// must match in full: "^OPS-[0-9]+$".
+	TicketPattern string `json:"ticket_pattern,omitempty"`
+	// Condition, when set, is a CEL expression over the request, the
+	// principal, the time and the context that must be true for the
+	// request to be filed, and again when its grant starts
+	// (docs/policy.md).
+	Condition string `json:"condition,omitempty"`
+	// MaxScheduleAhead, when positive, lets a request ask for its grant to
+	// start later, at most this far ahead; 0 means grants start when they
+	// are approved.
+	MaxScheduleAhead Duration `json:"max_schedule_ahead,omitzero"`
+	// ClockStart says when a grant's duration starts to run: ClockAtStart
+	// (the default: when the grant starts, at approval or at the scheduled
+	// start) or ClockAtRequest (when the request was filed, so time spent
+	// waiting for approvers is taken from the grant).
+	ClockStart string `json:"clock_start,omitempty"`
+	// BreakGlass, when set, lets a requester approve their own request in
+	// an emergency, under its rules.
+	BreakGlass *BreakGlassRule `json:"break_glass,omitempty"`
+	// Extension, when set, lets the holder of an active grant ask for more
+	// time, under its rules.
+	Extension *ExtensionRule `json:"extension,omitempty"`
 	// PendingTimeout is how long a request waits for a decision before it
 	// expires.
 	PendingTimeout Duration `json:"pending_timeout,omitzero"`
@@ -63,6 +86,8 @@ type Entitlement struct {
 }
 
 // ApprovalRule says who must approve a request before a grant is made.
+// Required and Approvers are the one-stage shorthand ("2 of group:dba");
+// Stages is the general form. Only one of the two is set.
 type ApprovalRule struct {
 	// Auto grants without a human decision (the machine lane's default).
 	Auto bool `json:"auto"`
@@ -71,7 +96,97 @@ type ApprovalRule struct {
 	// Approvers are the principal IDs or "group:NAME" entries eligible to
 	// approve. The requester is never eligible for their own request.
 	Approvers []string `json:"approvers,omitempty"`
+	// Stages are decided one after the other: a stage's approvers can
+	// approve only once every earlier stage has passed.
+	Stages []ApprovalStage `json:"stages,omitempty"`
+	// AutoWhen, when set, is a CEL expression: a request for which it is
+	// true is approved without a human (for example, members of an on-call
+	// list). Otherwise the stages decide.
+	AutoWhen string `json:"auto_when,omitempty"`
 }
+
+// ApprovalStage is one step of an approval: it passes when every one of
+// its groups has its quorum, each human counting once, in one group only.
+type ApprovalStage struct {
+	Name   string          `json:"name,omitempty"`
+	Groups []ApproverGroup `json:"groups"`
+}
+
+// ApproverGroup is "Required of Approvers" within a stage.
+type ApproverGroup struct {
+	Name      string   `json:"name,omitempty"`
+	Required  int      `json:"required"`
+	Approvers []string `json:"approvers"`
+}
+
+// StageList returns the rule as stages: Stages, or the shorthand as one
+// stage of one group. It is empty for a rule with no human approval.
+func (r ApprovalRule) StageList() []ApprovalStage {
+	if len(r.Stages) > 0 {
+		return r.Stages
+	}
+	if r.Required < 1 || len(r.Approvers) == 0 {
+		return nil
+	}
+	return []ApprovalStage{{Name: "approval", Groups: []ApproverGroup{{Required: r.Required, Approvers: r.Approvers}}}}
+}
+
+// TotalRequired is the number of distinct humans the rule needs in all.
+func (r ApprovalRule) TotalRequired() int {
+	n := 0
+	for _, s := range r.StageList() {
+		for _, g := range s.Groups {
+			n += g.Required
+		}
+	}
+	return n
+}
+
+// AllApprovers lists every approver entry of every stage, once each.
+func (r ApprovalRule) AllApprovers() []string {
+	var out []string
+	for _, s := range r.StageList() {
+		for _, g := range s.Groups {
+			for _, a := range g.Approvers {
+				if !slices.Contains(out, a) {
+					out = append(out, a)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// BreakGlassRule is an entitlement's emergency path: the requester
+// approves their own request with a mandatory reason, for at most
+// MaxDuration; every approver the request skipped is notified, and the
+// request must be reviewed afterwards by someone else within ReviewWithin.
+type BreakGlassRule struct {
+	MaxDuration Duration `json:"max_duration"`
+	// ReviewWithin is the time the post-review is due in after the request.
+	ReviewWithin Duration `json:"review_within"`
+	// Reviewers may record the post-review; empty means the entitlement's
+	// approvers. The requester never reviews their own break-glass.
+	Reviewers []string `json:"reviewers,omitempty"`
+	// Condition, when set, is a CEL expression that must also be true
+	// (for example, that the requester is on call).
+	Condition string `json:"condition,omitempty"`
+}
+
+// ExtensionRule is how an active grant gets more time: an extension is a
+// request of its own, approved by the entitlement's stages again unless
+// Reapprove is false, and the grant's whole length, extensions included,
+// never exceeds MaxTotal.
+type ExtensionRule struct {
+	MaxTotal  Duration `json:"max_total"`
+	Reapprove bool     `json:"reapprove"`
+}
+
+// Clock starts (Entitlement.ClockStart).
+const (
+	ClockAtStart   = ""
+	ClockAtRequest = "request"
+)
 
 // AgentRule is the agent lane's policy on one entitlement.
 type AgentRule struct {
@@ -103,7 +218,10 @@ func (e *Entitlement) RuleFor(kind PrincipalKind) ApprovalRule {
 	r := e.Approval
 	if kind == KindAgent && e.Agents != nil && e.Agents.Approval == AgentApprovalHuman {
 		r.Auto = false
-		r.Required = max(r.Required, 1)
+		r.AutoWhen = ""
+		if len(r.Stages) == 0 {
+			r.Required = max(r.Required, 1)
+		}
 	}
 	return r
 }

@@ -112,9 +112,8 @@ func NormalizeID(s string) (string, error) {
 		return "", FieldErrorf(EINVALID, "id", "identifier is longer than %d bytes", MaxIDLength)
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) || unicode.IsSpace(r) || r == unicode.ReplacementChar ||
-			unicode.Is(unicode.Cf, r) { // format characters: zero-width joiners, bidi overrides
-			return "", FieldErrorf(EINVALID, "id", "identifier contains a space, control or format character")
+		if unicode.IsControl(r) || unicode.IsSpace(r) || r == unicode.ReplacementChar || invisible(r) {
+			return "", FieldErrorf(EINVALID, "id", "identifier contains a space, control, format or invisible character")
 		}
 	}
 	return s, nil
@@ -134,6 +133,18 @@ func SameHuman(a, b string) bool {
 // human: its confusable skeleton. Two IDs with the same key are the same
 // person for every approval rule.
 func HumanKey(id string) string { return confusables.Skeleton(id) }
+
+// invisible reports characters that render as nothing, so that "alice"
+// with one of them inside reads as "alice" but is another string: format
+// characters (zero-width joiners, bidi overrides), variation selectors and
+// the other default-ignorable code points of Unicode (the combining
+// grapheme joiner, Hangul fillers), and the blank Braille pattern.
+func invisible(r rune) bool {
+	return unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Variation_Selector, r) ||
+		unicode.Is(unicode.Other_Default_Ignorable_Code_Point, r) ||
+		r == '\u2800' // Braille pattern blank: renders as a space, is not one
+
+}
 
 type principalKey struct{}
 

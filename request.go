@@ -26,17 +26,27 @@ func (s RequestState) Terminal() bool { return s != RequestPending }
 // fields that describe what is asked are immutable once filed; Hash covers
 // them, and every approval binds to that hash.
 type Request struct {
-	ID          string       `json:"id"`
-	Requester   Principal    `json:"requester"`
-	Entitlement string       `json:"entitlement"`
-	Duration    Duration     `json:"duration"`
-	Reason      string       `json:"reason,omitempty"`
-	Ticket      string       `json:"ticket,omitempty"`
-	TaskID      string       `json:"task_id,omitempty"`
-	Channel     string       `json:"channel,omitempty"`
-	Hash        string       `json:"hash"`
-	State       RequestState `json:"state"`
-	Approvals   []*Approval  `json:"approvals,omitempty"`
+	ID          string    `json:"id"`
+	Requester   Principal `json:"requester"`
+	Entitlement string    `json:"entitlement"`
+	Duration    Duration  `json:"duration"`
+	Reason      string    `json:"reason,omitempty"`
+	Ticket      string    `json:"ticket,omitempty"`
+	TaskID      string    `json:"task_id,omitempty"`
+	Channel     string    `json:"channel,omitempty"`
+	Hash        string    `json:"hash"`
+	// BreakGlass is set on a request its requester approved themselves
+	// under the entitlement's break-glass rule.
+	BreakGlass bool `json:"break_glass,omitempty"`
+	// StartsAt, when set, is the scheduled start the requester asked for.
+	StartsAt time.Time `json:"starts_at,omitzero"`
+	// Extends, when set, names the active grant this request asks to
+	// extend by Duration.
+	Extends   string       `json:"extends,omitempty"`
+	State     RequestState `json:"state"`
+	Approvals []*Approval  `json:"approvals,omitempty"`
+	// Review is the post-review of a break-glass request.
+	Review *Review `json:"review,omitempty"`
 	// Required is the number of approvals the policy demanded when the
 	// request was filed (0 for auto-approval).
 	Required     int       `json:"required"`
@@ -63,10 +73,55 @@ func (r *Request) ComputeHash() string {
 		Ticket      string        `json:"ticket"`
 		TaskID      string        `json:"task_id"`
 		CreatedAt   int64         `json:"created_at_unix_nano"`
-	}{r.ID, r.Requester.ID, r.Requester.Kind, r.Requester.Act, r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.CreatedAt.UnixNano()}
+		// Added later, omitted when unset so that older requests keep
+		// their hashes.
+		BreakGlass bool   `json:"break_glass,omitempty"`
+		StartsAt   int64  `json:"starts_at_unix_nano,omitempty"`
+		Extends    string `json:"extends,omitempty"`
+	}{r.ID, r.Requester.ID, r.Requester.Kind, r.Requester.Act, r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.CreatedAt.UnixNano(),
+		r.BreakGlass, unixNanoOrZero(r.StartsAt), r.Extends}
 	b, _ := json.Marshal(canon) // a fixed struct of strings and ints cannot fail
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+func unixNanoOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// Review states of a break-glass request's post-review.
+const (
+	ReviewPending  = "pending"
+	ReviewAccepted = "accepted"
+	ReviewRejected = "rejected"
+)
+
+// Review is the mandatory post-review of a break-glass request: someone
+// other than the requester looks at what was done and accepts or rejects
+// it. A rejection does not undo anything; it is the finding an auditor
+// reads, and it ends the grant if it is still active.
+type Review struct {
+	State    string    `json:"state"`
+	DueAt    time.Time `json:"due_at"`
+	Reviewer string    `json:"reviewer,omitempty"`
+	Comment  string    `json:"comment,omitempty"`
+	At       time.Time `json:"at,omitzero"`
+}
+
+// ReviewInput is what a reviewer sends: outcome is ReviewAccepted or
+// ReviewRejected.
+type ReviewInput struct {
+	Outcome string `json:"outcome"`
+	Comment string `json:"comment,omitempty"`
+}
+
+// ExtendInput asks for more time on an active grant.
+type ExtendInput struct {
+	Duration Duration `json:"duration"`
+	Reason   string   `json:"reason,omitempty"`
 }
 
 // Decision is an approver's verdict.
@@ -97,6 +152,12 @@ type RequestInput struct {
 	Reason      string   `json:"reason,omitempty"`
 	Ticket      string   `json:"ticket,omitempty"`
 	TaskID      string   `json:"task_id,omitempty"`
+	// BreakGlass asks for the entitlement's break-glass path: approved by
+	// the requester, with a mandatory reason, reviewed afterwards.
+	BreakGlass bool `json:"break_glass,omitempty"`
+	// StartsAt asks for the grant to start later (the entitlement's
+	// max_schedule_ahead bounds how much later).
+	StartsAt time.Time `json:"starts_at,omitzero"`
 	// OnBehalfOf names the sponsor an agent asks for, when live mandates
 	// of several sponsors cover the request (docs/agents.md). Only agents
 	// send it; it must name the sponsor of a mandate that covers the
@@ -117,7 +178,10 @@ type RequestFilter struct {
 	RequesterID string       `json:"requester_id,omitempty"`
 	// Approvable selects pending requests that the caller may decide.
 	Approvable bool `json:"approvable,omitempty"`
-	Limit      int  `json:"limit,omitempty"`
+	// ReviewPending selects break-glass requests whose post-review is not
+	// recorded yet.
+	ReviewPending bool `json:"review_pending,omitempty"`
+	Limit         int  `json:"limit,omitempty"`
 }
 
 // Input limits, enforced before anything is stored.

@@ -37,6 +37,12 @@ type Service interface {
 	// CancelRequest withdraws the caller's own pending request.
 	// Returns ECONFLICT if it is no longer pending.
 	CancelRequest(ctx context.Context, id string) (*Request, error)
+	// ReviewRequest records the post-review of a break-glass request by
+	// someone other than its requester (scope approve); a rejection ends
+	// its grant if still active.
+	// Returns EFORBIDDEN for the requester or a caller who is not a
+	// reviewer, ECONFLICT if it is not break-glass or already reviewed.
+	ReviewRequest(ctx context.Context, id string, in ReviewInput) (*Request, error)
 
 	// GetGrant returns a grant with its checkpoints and history.
 	// Returns ENOTFOUND if it does not exist or is not visible to the caller.
@@ -51,6 +57,13 @@ type Service interface {
 	Release(ctx context.Context, grantID string, in ReleaseInput) (*Grant, error)
 	// Revoke ends any grant now (scope revoke).
 	Revoke(ctx context.Context, grantID string, in RevokeInput) (*Grant, error)
+	// ExtendGrant asks for more time on the caller's own active grant: a
+	// request that extends it (Request.Extends), approved at once or by
+	// the entitlement's stages per its extension rule; once approved the
+	// grant's deadline moves. Returns EFORBIDDEN when the entitlement or
+	// its target cannot extend, EINVALID (field duration) beyond the
+	// rule's maximum, ECONFLICT when the grant is not active.
+	ExtendGrant(ctx context.Context, grantID string, in ExtendInput) (*RequestResult, error)
 
 	// CreateMandate gives an agent a mandate to ask for access on the
 	// caller's behalf (docs/agents.md). The caller is the sponsor: a human

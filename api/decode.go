@@ -112,7 +112,9 @@ func (s *inputSpec) known(name []byte) bool {
 var (
 	specRequestInput  = newInputSpec[lapse.RequestInput]()
 	specDecisionInput = newInputSpec[lapse.DecisionInput]()
+	specReviewInput   = newInputSpec[lapse.ReviewInput]()
 	specReleaseInput  = newInputSpec[lapse.ReleaseInput]()
+	specExtendInput   = newInputSpec[lapse.ExtendInput]()
 	specRevokeInput   = newInputSpec[lapse.RevokeInput]()
 	specAPIKeyInput   = newInputSpec[lapse.APIKeyInput]()
 	specMandateInput  = newInputSpec[lapse.MandateInput]()

@@ -206,6 +206,16 @@ func (f *fakeService) CancelRequest(ctx context.Context, id string) (*lapse.Requ
 	return r, nil
 }
 
+func (f *fakeService) ReviewRequest(ctx context.Context, id string, in lapse.ReviewInput) (*lapse.Request, error) {
+	if err := f.record(ctx, "ReviewRequest", id, in); err != nil {
+		return nil, err
+	}
+	r := fakeRequest(id)
+	r.BreakGlass = true
+	r.Review = &lapse.Review{State: in.Outcome, Reviewer: lapse.FromContext(ctx).ID, Comment: in.Comment}
+	return r, nil
+}
+
 func (f *fakeService) GetGrant(ctx context.Context, id string) (*lapse.Grant, error) {
 	if err := f.record(ctx, "GetGrant", id); err != nil {
 		return nil, err
@@ -234,6 +244,15 @@ func (f *fakeService) Release(ctx context.Context, id string, in lapse.ReleaseIn
 	g := fakeGrant(id)
 	g.State, g.EndReason = lapse.GrantRevoking, lapse.EndReleased
 	return g, nil
+}
+
+func (f *fakeService) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInput) (*lapse.RequestResult, error) {
+	if err := f.record(ctx, "ExtendGrant", id, in); err != nil {
+		return nil, err
+	}
+	r := fakeRequest("req_01jfakeextension000000000")
+	r.Extends, r.Duration, r.State = id, in.Duration, lapse.RequestPending
+	return &lapse.RequestResult{Request: r}, nil
 }
 
 func (f *fakeService) Revoke(ctx context.Context, id string, in lapse.RevokeInput) (*lapse.Grant, error) {

@@ -173,7 +173,7 @@ func (s *Server) createRequest(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listRequests(w http.ResponseWriter, r *http.Request) error {
-	q, err := parseQuery(r, "state", "requester", "approvable", "limit")
+	q, err := parseQuery(r, "state", "requester", "approvable", "review_pending", "limit")
 	if err != nil {
 		return err
 	}
@@ -185,6 +185,9 @@ func (s *Server) listRequests(w http.ResponseWriter, r *http.Request) error {
 		return lapse.FieldErrorf(lapse.EINVALID, "state", "unknown request state")
 	}
 	if f.RequesterID, err = q.principal("requester"); err != nil {
+		return err
+	}
+	if f.ReviewPending, err = q.boolean("review_pending"); err != nil {
 		return err
 	}
 	if f.Approvable, err = q.boolean("approvable"); err != nil {
@@ -272,6 +275,23 @@ func (s *Server) cancelRequest(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+func (s *Server) reviewRequest(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r, lapse.PrefixRequest)
+	if err != nil {
+		return err
+	}
+	var in lapse.ReviewInput
+	if err := decodeJSON(w, r, &in, specReviewInput, false); err != nil {
+		return err
+	}
+	req, err := s.Service.ReviewRequest(r.Context(), id, in)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, req)
+	return nil
+}
+
 func (s *Server) listGrants(w http.ResponseWriter, r *http.Request) error {
 	q, err := parseQuery(r, "state", "principal", "target", "entitlement", "request", "live", "limit")
 	if err != nil {
@@ -351,6 +371,23 @@ func (s *Server) claimCredentials(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	writeJSON(w, http.StatusOK, c)
+	return nil
+}
+
+func (s *Server) extend(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r, lapse.PrefixGrant)
+	if err != nil {
+		return err
+	}
+	var in lapse.ExtendInput
+	if err := decodeJSON(w, r, &in, specExtendInput, false); err != nil {
+		return err
+	}
+	res, err := s.Service.ExtendGrant(r.Context(), id, in)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
 	return nil
 }
 

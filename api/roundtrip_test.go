@@ -137,6 +137,28 @@ func TestClientRoundTrip(t *testing.T) {
 			t.Fatalf("cancel = %+v", got)
 		}
 	})
+	t.Run("ReviewRequest", func(t *testing.T) {
+		in := lapse.ReviewInput{Outcome: lapse.ReviewRejected, Comment: "no incident on record"}
+		got, err := c.ReviewRequest(ctx, reqID, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkCall(t, "ReviewRequest", reqID, in)
+		if got.Review == nil || got.Review.State != lapse.ReviewRejected {
+			t.Fatalf("review = %+v", got)
+		}
+	})
+	t.Run("ExtendGrant", func(t *testing.T) {
+		in := lapse.ExtendInput{Duration: lapse.Duration(30 * time.Minute), Reason: "the migration runs long"}
+		got, err := c.ExtendGrant(ctx, grantID, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkCall(t, "ExtendGrant", grantID, in)
+		if got.Request == nil || got.Request.Extends != grantID {
+			t.Fatalf("extend = %+v", got)
+		}
+	})
 	t.Run("GetGrant", func(t *testing.T) {
 		got, err := c.GetGrant(ctx, grantID)
 		if err != nil {

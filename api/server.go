@@ -32,8 +32,9 @@ import (
 )
 
 // Authenticator turns a presented bearer secret into the calling principal.
-// *authn.APIKeys implements it. Every credential failure must be
-// EUNAUTHORIZED; EUNAVAILABLE when the check cannot run.
+// *authn.APIKeys implements it, and *authn.Chain, which also takes OIDC ID
+// tokens. Every credential failure must be EUNAUTHORIZED; EUNAVAILABLE
+// when the check cannot run.
 type Authenticator interface {
 	Authenticate(ctx context.Context, secret string) (*lapse.Principal, error)
 }
@@ -133,11 +134,13 @@ var routes = []route{
 	{"POST", "/v1/requests/{id}/approve", authed, (*Server).approve},
 	{"POST", "/v1/requests/{id}/deny", authed, (*Server).deny},
 	{"POST", "/v1/requests/{id}/cancel", authed, (*Server).cancelRequest},
+	{"POST", "/v1/requests/{id}/review", authed, (*Server).reviewRequest},
 	{"GET", "/v1/grants", authed, (*Server).listGrants},
 	{"GET", "/v1/grants/{id}", authed, (*Server).getGrant},
 	{"POST", "/v1/grants/{id}/credentials", authed, (*Server).claimCredentials},
 	{"POST", "/v1/grants/{id}/release", authed, (*Server).release},
 	{"POST", "/v1/grants/{id}/revoke", authed, (*Server).revoke},
+	{"POST", "/v1/grants/{id}/extend", authed, (*Server).extend},
 	{"POST", "/v1/apikeys", authed, (*Server).createAPIKey},
 	{"GET", "/v1/apikeys", authed, (*Server).listAPIKeys},
 	{"DELETE", "/v1/apikeys/{prefix}", authed, (*Server).revokeAPIKey},
@@ -261,7 +264,9 @@ func (s *Server) authenticate(r *http.Request) (*lapse.Principal, error) {
 		return nil, deny
 	}
 	secret = strings.TrimLeft(secret, " ")
-	if secret == "" || len(secret) > 512 || strings.ContainsAny(secret, " \t") {
+	// The bound fits an OIDC ID token (1–2 KiB, more with many groups)
+	// as well as an API key.
+	if secret == "" || len(secret) > maxSubjectToken || strings.ContainsAny(secret, " \t") {
 		return nil, deny
 	}
 	if s.Auth == nil {

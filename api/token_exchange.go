@@ -86,8 +86,8 @@ var _ Authenticator = (*workload.Verifier)(nil)
 
 // Limits of the OAuth endpoints.
 const (
-	// maxSubjectToken bounds a subject token or a bearer credential here;
-	// platform tokens (1–2 KiB) exceed the JSON API's 512-byte bearer limit.
+	// maxSubjectToken bounds a subject token or a bearer credential, here
+	// and in the JSON API: platform tokens and ID tokens are 1–2 KiB.
 	maxSubjectToken = workload.MaxTokenLength
 	// revokeWait bounds how long a revocation call waits for verification,
 	// inside the HTTP server's write timeout.

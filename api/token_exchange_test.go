@@ -77,6 +77,10 @@ func (m *machineService) CreateRequest(ctx context.Context, in lapse.RequestInpu
 	return &lapse.RequestResult{Request: req, Grant: g, Credentials: creds}, nil
 }
 
+func (m *machineService) ReviewRequest(ctx context.Context, id string, in lapse.ReviewInput) (*lapse.Request, error) {
+	return nil, lapse.Errorf(lapse.ECONFLICT, "not break-glass")
+}
+
 func (m *machineService) CancelRequest(ctx context.Context, id string) (*lapse.Request, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

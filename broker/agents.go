@@ -29,7 +29,7 @@ import (
 // an agent acting for an agent, or a sponsor that is not a person, is
 // refused. Whether a human must approve is the entitlement's rule for the
 // agent lane (Entitlement.RuleFor), and the sponsor never counts as an
-// approver of what the agent asked for them (eligibleApprover).
+// approver of what the agent asked for them (mayDecide).
 
 // agentRequest is how one agent request is decided.
 type agentRequest struct {
@@ -83,7 +83,7 @@ func (b *Broker) forSponsor(ctx context.Context, p *lapse.Principal, e *lapse.En
 		}
 		// The sponsor as recorded in the mandate: a person, and one who
 		// could ask for this entitlement themselves.
-		if m.Sponsor.Kind != lapse.KindHuman || len(m.Sponsor.Act) > 0 || mayRequest(e, &m.Sponsor) != nil {
+		if m.Sponsor.Kind != lapse.KindHuman || len(m.Sponsor.Act) > 0 || b.mayRequest(e, &m.Sponsor) != nil {
 			continue
 		}
 		fit = append(fit, m)
@@ -125,7 +125,7 @@ func (b *Broker) delegatedRequest(ctx context.Context, p, s *lapse.Principal, e 
 	if !s.HasScope(lapse.ScopeRequest) {
 		return nil, lapse.Errorf(lapse.EFORBIDDEN, "the sponsor's credential lacks scope %q", lapse.ScopeRequest)
 	}
-	if err := mayRequest(e, s); err != nil {
+	if err := b.mayRequest(e, s); err != nil {
 		return nil, lapse.FieldErrorf(lapse.EFORBIDDEN, "entitlement", "your sponsor %s may not request %s, so neither may you", s.ID, e.Name)
 	}
 	ar := &agentRequest{actor: actingFor(p, s.ID), sponsor: s, delegated: true}
@@ -235,7 +235,7 @@ func (b *Broker) agentEntitlements(ctx context.Context, p *lapse.Principal) ([]*
 		}
 		for _, name := range c.names {
 			e := c.byName[name]
-			if !e.AllowsLane(lapse.KindAgent) || mayRequest(e, s) != nil {
+			if !e.AllowsLane(lapse.KindAgent) || b.mayRequest(e, s) != nil {
 				continue
 			}
 			if len(ms) == 0 {
@@ -261,7 +261,7 @@ func (b *Broker) agentEntitlements(ctx context.Context, p *lapse.Principal) ([]*
 			}
 			for _, name := range m.Entitlements {
 				e := c.byName[name]
-				if e == nil || !e.AllowsLane(lapse.KindAgent) || mayRequest(e, &m.Sponsor) != nil {
+				if e == nil || !e.AllowsLane(lapse.KindAgent) || b.mayRequest(e, &m.Sponsor) != nil {
 					continue
 				}
 				ceilings[name] = max(ceilings[name], m.MaxDuration.D())
@@ -307,7 +307,7 @@ func (b *Broker) approvalMandates(ctx context.Context, id string) ([]string, boo
 	}
 	var ids []string
 	for _, m := range ms {
-		if m.Covers(r.Entitlement) && r.Duration.D() <= m.MaxDuration.D() && mayRequest(e, &m.Sponsor) == nil {
+		if m.Covers(r.Entitlement) && r.Duration.D() <= m.MaxDuration.D() && b.mayRequest(e, &m.Sponsor) == nil {
 			ids = append(ids, m.ID)
 		}
 	}
@@ -375,7 +375,7 @@ func (b *Broker) CreateMandate(ctx context.Context, in lapse.MandateInput) (*lap
 		if !e.AllowsLane(lapse.KindAgent) {
 			return nil, lapse.FieldErrorf(lapse.EFORBIDDEN, "entitlements", "entitlement %s is not available to agents", name)
 		}
-		if err := mayRequest(e, p); err != nil {
+		if err := b.mayRequest(e, p); err != nil {
 			return nil, lapse.FieldErrorf(lapse.EFORBIDDEN, "entitlements", "you may not request %s, so you cannot give an agent a mandate for it", name)
 		}
 		ents = append(ents, name)
@@ -597,7 +597,7 @@ func checkAgentRules(e *lapse.Entitlement) error {
 	switch e.Agents.Approval {
 	case lapse.AgentApprovalPolicy:
 	case lapse.AgentApprovalHuman:
-		if len(e.Approval.Approvers) == 0 {
+		if len(e.RuleFor(lapse.KindAgent).AllApprovers()) == 0 {
 			return fmt.Errorf("broker: entitlement %s: agents need a human approval, but approval names no approvers", e.Name)
 		}
 	default:

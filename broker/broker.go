@@ -27,14 +27,19 @@ import (
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
+	"github.com/lapsehq/lapse/policy"
 )
 
 // Config is what New needs. Zero values take the documented defaults.
 type Config struct {
-	Store      lapse.Store
-	Clock      lapse.Clock  // nil = lapse.SystemClock{}
-	Logger     *slog.Logger // nil = discard
+	Store  lapse.Store
+	Clock  lapse.Clock  // nil = lapse.SystemClock{}
+	Logger *slog.Logger // nil = discard
+	// Catalog is the entitlement catalog; Policy, when it has
+	// entitlements, is the whole policy (catalog, groups, on-call lists)
+	// and takes its place.
 	Catalog    []*lapse.Entitlement
+	Policy     policy.Document
 	Targets    map[string]Target // by target name
 	SealingKey []byte            // 32 bytes, AES-256-GCM
 	Engine     EngineConfig
@@ -48,6 +53,9 @@ type Config struct {
 	// stored with them and signed when the log recovers. nil = always
 	// open. See auditgate.go.
 	AuditGate func(ctx context.Context) error
+	// Escalation says what happens to entitlements whose grants carry
+	// admin powers (escalation.go); the zero value refuses them.
+	Escalation EscalationPolicy
 }
 
 // Target is one configured connector instance.
@@ -134,6 +142,8 @@ type Broker struct {
 
 	// auditGate is Config.AuditGate.
 	auditGate func(ctx context.Context) error
+	// escalation is Config.Escalation.
+	escalation EscalationPolicy
 	// pause waits out the pacing of an overdue backlog: time.Sleep, or a
 	// recorder in tests, which read the delays instead of sleeping them.
 	pause func(time.Duration)
@@ -154,6 +164,11 @@ var _ lapse.Service = (*Broker)(nil)
 type catalog struct {
 	byName map[string]*lapse.Entitlement
 	names  []string
+	// policy decides on the entitlements as served (byName).
+	policy *policy.Policy
+	// findings are why entitlements are served with the highest
+	// approval tier (escalation.go).
+	findings []Finding
 	// version is the catalog's content hash (lapse.PolicyVersion),
 	// recorded on every event written while it is in force.
 	version string
@@ -189,6 +204,7 @@ func New(cfg Config) (*Broker, error) {
 		waiters:   make(map[string][]chan struct{}),
 		pause:     time.Sleep,
 	}
+	b.escalation = cfg.Escalation
 	for name, t := range cfg.Targets {
 		if t.Connector == nil {
 			return nil, fmt.Errorf("broker: target %s has no connector", name)
@@ -201,7 +217,11 @@ func New(cfg Config) (*Broker, error) {
 	for _, name := range slices.Sorted(maps.Keys(b.targets)) {
 		b.targetList = append(b.targetList, b.targets[name])
 	}
-	if err := b.SetCatalog(cfg.Catalog); err != nil {
+	doc := cfg.Policy
+	if len(doc.Entitlements) == 0 {
+		doc.Entitlements = cfg.Catalog
+	}
+	if err := b.SetPolicy(doc); err != nil {
 		return nil, err
 	}
 	b.metrics = newMetrics(b, cfg.Registerer)
@@ -214,6 +234,15 @@ func New(cfg Config) (*Broker, error) {
 // disappears before it is provisioned is never provisioned. On error the
 // previous catalog stays in force.
 func (b *Broker) SetCatalog(entries []*lapse.Entitlement) error {
+	return b.SetPolicy(policy.Document{Entitlements: entries})
+}
+
+// SetPolicy validates, compiles and installs a new policy: its
+// entitlement catalog as SetCatalog does, with its groups and on-call
+// lists. On error the previous policy stays in force. Requests already
+// decided are checked against the new policy when their grants start.
+func (b *Broker) SetPolicy(doc policy.Document) error {
+	entries := doc.Entitlements
 	c := &catalog{byName: make(map[string]*lapse.Entitlement, len(entries))}
 	for _, e := range entries {
 		if e == nil || e.Name == "" {
@@ -229,8 +258,8 @@ func (b *Broker) SetCatalog(entries []*lapse.Entitlement) error {
 		if e.MaxDuration <= 0 || e.DefaultDuration <= 0 || e.DefaultDuration > e.MaxDuration {
 			return fmt.Errorf("broker: entitlement %s: need 0 < default_duration <= max_duration", e.Name)
 		}
-		if !e.Approval.Auto && (e.Approval.Required < 1 || len(e.Approval.Approvers) == 0) {
-			return fmt.Errorf("broker: entitlement %s: approval needs auto, or required >= 1 and approvers", e.Name)
+		if !e.Approval.Auto && len(e.Approval.StageList()) == 0 {
+			return fmt.Errorf("broker: entitlement %s: approval needs auto, or required >= 1 and approvers, or stages", e.Name)
 		}
 		if err := checkAgentRules(e); err != nil { // agents.go
 			return err
@@ -251,9 +280,24 @@ func (b *Broker) SetCatalog(entries []*lapse.Entitlement) error {
 		c.names = append(c.names, e.Name)
 	}
 	sort.Strings(c.names)
-	v, err := lapse.PolicyVersion(entries)
+	if err := b.escalate(c, entries); err != nil { // escalation.go
+		return err
+	}
+	served := make([]*lapse.Entitlement, 0, len(c.names))
+	for _, n := range c.names {
+		served = append(served, c.byName[n])
+	}
+	pol, err := policy.Compile(policy.Document{Entitlements: served, Groups: doc.Groups, OnCall: doc.OnCall})
 	if err != nil {
-		return fmt.Errorf("broker: catalog version: %w", err)
+		return fmt.Errorf("broker: %s", lapse.ErrorMessage(err))
+	}
+	c.policy = pol
+	// The version is that of the policy as written, which is what a
+	// reviewer hashes; the served entries differ only by what the broker
+	// derives from it.
+	v, err := b.versionOf(doc)
+	if err != nil {
+		return fmt.Errorf("broker: policy version: %w", err)
 	}
 	c.version = v
 	b.catalog.Store(c)
@@ -278,6 +322,9 @@ func checkMaxUses(e *lapse.Entitlement, c connector.Connector) error {
 
 // PolicyVersion returns the content hash of the catalog in force.
 func (b *Broker) PolicyVersion() string { return b.catalog.Load().version }
+
+// policy is the compiled policy in force.
+func (b *Broker) policy() *policy.Policy { return b.catalog.Load().policy }
 
 func (b *Broker) entitlement(name string) *lapse.Entitlement {
 	return b.catalog.Load().byName[name]
@@ -336,4 +383,52 @@ func (b *Broker) dropWaiter(grantID string, ch chan struct{}) {
 	if len(b.waiters[grantID]) == 0 {
 		delete(b.waiters, grantID)
 	}
+}
+
+// ReloadPolicy puts doc in force, as SetPolicy does, and records it in the
+// audit log (policy.loaded, with the new and the previous version and
+// source, such as "start", "signal" or "file change"). A document whose
+// version is the one in force changes nothing and records nothing, unless
+// force is set (the server records the policy it starts with). On error
+// the policy in force stays, and nothing is recorded.
+func (b *Broker) ReloadPolicy(ctx context.Context, doc policy.Document, source string, force bool) (changed bool, err error) {
+	prev := b.PolicyVersion()
+	v, err := b.versionOf(doc)
+	if err != nil {
+		return false, err
+	}
+	if v == prev && !force {
+		return false, nil
+	}
+	if err := b.SetPolicy(doc); err != nil {
+		return false, err
+	}
+	ev := &lapse.Event{Time: b.clock.Now(), Type: lapse.EventPolicyLoaded, Channel: lapse.ChannelSystem, ActorID: "lapse",
+		Outcome: "loaded", PolicyVersion: v,
+		Data: eventData(map[string]any{"version": v, "previous": prev, "source": source, "entitlements": len(doc.Entitlements)})}
+	if err := b.store.Update(ctx, func(tx lapse.Tx) error { return tx.AppendEvent(ctx, ev) }); err != nil {
+		// In force already: the decisions carry its version; the event
+		// is what could not be written.
+		return true, storeErr("record policy", err)
+	}
+	return true, nil
+}
+
+// versionOf is the version of doc as this broker serves it: its content
+// hash, with the escalation policy when one is configured, since that too
+// decides who approves.
+func (b *Broker) versionOf(doc policy.Document) (string, error) {
+	return PolicyVersion(doc, b.escalation)
+}
+
+// PolicyVersion is the version a broker with escalation policy esc gives
+// doc (Broker.PolicyVersion), for tools that report it offline.
+func PolicyVersion(doc policy.Document, esc EscalationPolicy) (string, error) {
+	// The default (refuse, no tier) changes nothing a reviewer of the
+	// catalog would not see: it is left out, so the version stays that of
+	// the policy files alone.
+	if esc.Approval != nil || len(esc.Acknowledged) > 0 {
+		doc.Escalation = esc
+	}
+	return policy.Version(doc)
 }

@@ -298,6 +298,12 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 				dispatch = append(dispatch, planned{g, actRevoke})
 				continue
 			}
+			if cancelled, err := e.recheck(ctx, tx, g, now); err != nil {
+				return err
+			} else if cancelled {
+				dispatch = append(dispatch, planned{g, actRevoke})
+				continue
+			}
 			g2, act, ev := e.plan(g, now)
 			if g2 != nil {
 				// The claim locked the grant and returned its current
@@ -325,6 +331,56 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 		e.dispatch(t, d.g, d.act, d.g.Fence, overdueSince(d.g).Before(now.Add(-e.b.cfg.OverdueGrace)))
 	}
 	return claimed, nil
+}
+
+// recheck checks, as a scheduled grant is about to start, that its
+// request's decision still holds under the policy in force now
+// (policy.Recheck): the policy may have changed since the approvals, an
+// approver may have left their group, the requester may no longer be
+// allowed. When it does not hold, nothing is provisioned: the grant goes
+// to revoking with the reason recorded (a Revoke and Verify of a
+// principal that was never made, so that the grant still ends with
+// verified evidence), and recheck reports true. Grants the broker made
+// itself (the canary's) have no decision to check.
+func (e *engine) recheck(ctx context.Context, tx lapse.Tx, g *lapse.Grant, now time.Time) (bool, error) {
+	if g.State != lapse.GrantScheduled || now.Before(g.StartsAt) || !now.Before(g.ExpiresAt) || g.RequestID == "" {
+		return false, nil
+	}
+	r, err := tx.GetRequest(ctx, g.RequestID)
+	if err != nil {
+		if lapse.ErrorCode(err) != lapse.ENOTFOUND {
+			return false, err
+		}
+		r = nil
+	}
+	var reason string
+	switch {
+	case r == nil:
+		reason = "the grant's request is not in the store"
+	case r.Channel == lapse.ChannelSystem:
+		return false, nil
+	case r.Hash != g.RequestHash || r.ComputeHash() != r.Hash:
+		reason = "the grant's request does not match the hash it was approved under"
+	default:
+		if err := e.b.policy().Recheck(r, now); err != nil {
+			reason = lapse.ErrorMessage(err)
+		}
+	}
+	if reason == "" {
+		return false, nil
+	}
+	g.State = lapse.GrantRevoking
+	g.EndReason = lapse.EndCancelled
+	g.LastError = "not provisioned: " + reason
+	g.RevokeStartedAt = now
+	if err := tx.UpdateGrant(ctx, g); err != nil {
+		return false, err
+	}
+	ev := e.b.grantEvent(context.Background(), lapse.EventGrantCancelled, g, "not_provisioned", map[string]any{"reason": reason})
+	if err := tx.AppendEvent(ctx, ev); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // overdueSince is when the work on g fell due, for pacing a backlog: the

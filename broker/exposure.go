@@ -2,7 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
@@ -18,7 +17,7 @@ import (
 // lapse.ReasonExposureOverLimit, naming the path and the bound — or, with
 // over_limit: approval, served with the higher tier as its approval rule,
 // so that the tier's approvers and quorum are the ones requests are filed
-// with and counted against (Request.Required, eligibleApprover).
+// with and counted against (Request.Required, mayDecide).
 
 // exposed returns e as the broker serves it: with its completed exposure
 // and, when the bound exceeds the limit and over_limit is approval, the
@@ -27,10 +26,11 @@ func exposed(e *lapse.Entitlement, conn connector.Connector) (*lapse.Entitlement
 	out := *e
 	out.Exposure = connector.Exposure(conn, e)
 	if x := out.Exposure; x.Exceeded && x.Policy() == lapse.OverLimitApproval {
-		if x.Approval == nil || x.Approval.Auto || x.Approval.Required < 1 || len(x.Approval.Approvers) == 0 {
+		rule, ok := tierRule(x.Approval) // escalation.go: shared with the escalation lint
+		if !ok {
 			return nil, fmt.Errorf("broker: entitlement %s: its exposure exceeds its limit and over_limit is approval, but no approval tier (required >= 1 and approvers) is set", e.Name)
 		}
-		out.Approval = lapse.ApprovalRule{Required: x.Approval.Required, Approvers: slices.Clone(x.Approval.Approvers)}
+		out.Approval = rule
 	}
 	return &out, nil
 }

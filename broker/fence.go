@@ -63,10 +63,15 @@ func (b *Broker) fence(ctx context.Context, tx lapse.Tx, e *lapse.Entitlement, p
 // and the engine finishes or undoes the work) — or, when its fence holds
 // it, scheduled for the engine, which provisions it once the fence opens.
 func inlineOrScheduled(g *lapse.Grant, fenced bool, cfg EngineConfig, now time.Time) {
-	if fenced {
+	if fenced || g.StartsAt.After(now) {
+		// Waiting for a fence, or for its scheduled start: the engine
+		// takes it from here.
 		g.State = lapse.GrantScheduled
 		g.LeaseOwner, g.LeaseUntil = "", time.Time{}
 		g.DueAt = now
+		if g.StartsAt.After(now) {
+			g.DueAt = g.StartsAt
+		}
 		return
 	}
 	g.State = lapse.GrantProvisioning

@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"regexp"
 	"slices"
-	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/policy"
 )
 
 // caller returns the authenticated principal or EUNAUTHORIZED.
@@ -60,85 +58,23 @@ func (b *Broker) Entitlements(ctx context.Context) ([]*lapse.Entitlement, error)
 	var out []*lapse.Entitlement
 	for _, name := range c.names {
 		e := c.byName[name]
-		if seeAll || mayRequest(e, p) == nil {
+		if seeAll || b.mayRequest(e, p) == nil {
 			out = append(out, e)
 		}
 	}
 	return out, nil
 }
 
-func mayRequest(e *lapse.Entitlement, p *lapse.Principal) error {
-	if !e.AllowsLane(p.Kind) {
-		return lapse.FieldErrorf(lapse.EFORBIDDEN, "entitlement", "entitlement %s is not available to %s principals", e.Name, p.Kind)
-	}
-	if len(e.Requesters) > 0 && !lapse.Matches(e.Requesters, p) {
-		return lapse.FieldErrorf(lapse.EFORBIDDEN, "entitlement", "you may not request %s", e.Name)
-	}
-	return nil
+// mayRequest checks the lanes and requesters of e for p, with groups as
+// the policy in force sees them.
+func (b *Broker) mayRequest(e *lapse.Entitlement, p *lapse.Principal) error {
+	return b.policy().MayRequest(e, p)
 }
 
-var (
-	entitlementName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$`)
-	ticketPattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:#/-]*$`)
-)
+var entitlementName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$`)
 
-// checkText validates free text: valid UTF-8, bounded, and free of control
-// characters other than newline and tab (which are stored, and escaped
-// wherever they are shown).
-func checkText(field, s string, max int) error {
-	if len(s) > max {
-		return lapse.FieldErrorf(lapse.ETOOLARGE, field, "%s is longer than %d bytes", field, max)
-	}
-	if !utf8.ValidString(s) {
-		return lapse.FieldErrorf(lapse.EINVALID, field, "%s is not valid UTF-8", field)
-	}
-	for _, r := range s {
-		if r != '\n' && r != '\t' && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r) && r != '\u200d') {
-			return lapse.FieldErrorf(lapse.EINVALID, field, "%s contains a control character", field)
-		}
-	}
-	return nil
-}
-
-// validateRequest checks input against the entitlement and returns the
-// effective duration. Nothing is stored until it passes.
-func validateRequest(in *lapse.RequestInput, e *lapse.Entitlement) (time.Duration, error) {
-	d := in.Duration.D()
-	switch {
-	case d == 0:
-		d = e.DefaultDuration.D()
-	case d < 0:
-		return 0, lapse.FieldErrorf(lapse.EINVALID, "duration", "duration must be positive")
-	case d < time.Second:
-		return 0, lapse.FieldErrorf(lapse.EINVALID, "duration", "duration must be at least 1s")
-	case d > e.MaxDuration.D():
-		return 0, lapse.FieldErrorf(lapse.EINVALID, "duration", "duration exceeds the maximum of %s for %s", e.MaxDuration, e.Name)
-	}
-	in.Reason = strings.TrimSpace(in.Reason)
-	if err := checkText("reason", in.Reason, lapse.MaxReasonLength); err != nil {
-		return 0, err
-	}
-	if e.RequireReason && in.Reason == "" {
-		return 0, lapse.FieldErrorf(lapse.EINVALID, "reason", "%s requires a reason", e.Name)
-	}
-	in.Ticket = strings.TrimSpace(in.Ticket)
-	if len(in.Ticket) > lapse.MaxTicketLength {
-		return 0, lapse.FieldErrorf(lapse.ETOOLARGE, "ticket", "ticket is longer than %d bytes", lapse.MaxTicketLength)
-	}
-	if in.Ticket != "" && !ticketPattern.MatchString(in.Ticket) {
-		return 0, lapse.FieldErrorf(lapse.EINVALID, "ticket", "ticket may contain letters, digits and . _ : # / - only")
-	}
-	if e.RequireTicket && in.Ticket == "" {
-		return 0, lapse.FieldErrorf(lapse.EINVALID, "ticket", "%s requires a ticket", e.Name)
-	}
-	if len(in.TaskID) > lapse.MaxTaskIDLength {
-		return 0, lapse.FieldErrorf(lapse.ETOOLARGE, "task_id", "task_id is longer than %d bytes", lapse.MaxTaskIDLength)
-	}
-	if in.TaskID != "" && !ticketPattern.MatchString(in.TaskID) {
-		return 0, lapse.FieldErrorf(lapse.EINVALID, "task_id", "task_id may contain letters, digits and . _ : # / - only")
-	}
-	return d, nil
-}
+// checkText is lapse.CheckText.
+func checkText(field, s string, max int) error { return lapse.CheckText(field, s, max) }
 
 // CreateRequest files a request; see lapse.Service.
 func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lapse.RequestResult, error) {
@@ -155,13 +91,17 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 	if len(in.Entitlement) > lapse.MaxIDLength || !entitlementName.MatchString(in.Entitlement) {
 		return nil, lapse.FieldErrorf(lapse.EINVALID, "entitlement", "not a valid entitlement name")
 	}
-	e := b.entitlement(in.Entitlement)
+	pol := b.policy()
+	e := pol.Entitlement(in.Entitlement)
 	if e == nil {
 		return nil, lapse.FieldErrorf(lapse.ENOTFOUND, "entitlement", "no entitlement named %s", in.Entitlement)
 	}
 	// An agent asks for a human sponsor and never gets more than the
 	// sponsor could (agents.go): from here on it acts for the sponsor.
-	var agent *agentRequest
+	var (
+		agent   *agentRequest
+		sponsor *lapse.Principal
+	)
 	if p.Kind == lapse.KindAgent {
 		onBehalfOf, err := normalizeOnBehalfOf(in.OnBehalfOf)
 		if err != nil {
@@ -170,28 +110,29 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		if agent, err = b.forSponsor(ctx, p, e, onBehalfOf); err != nil {
 			return nil, err
 		}
-		p = agent.actor
+		p, sponsor = agent.actor, agent.sponsor
 		ctx = lapse.NewContext(ctx, p)
 	} else if in.OnBehalfOf != "" {
 		return nil, lapse.FieldErrorf(lapse.EINVALID, "on_behalf_of", "only an agent acts on behalf of a sponsor")
-	} else if err := mayRequest(e, p); err != nil {
-		return nil, err
 	}
 	if err := exposureRefused(e); err != nil {
 		return nil, err
 	}
 	explicit := in.Duration != 0
-	d, err := validateRequest(&in, e)
-	if err != nil {
-		return nil, err
+	now := b.clock.Now()
+	dec := pol.DecideFor(p, sponsor, &in, now)
+	if dec.Outcome == policy.Refused {
+		return nil, dec.Err
 	}
+	d := dec.Duration
 	if agent != nil {
 		if d, err = agent.applyCeiling(d, explicit, e); err != nil {
 			return nil, err
 		}
 	}
 	rule := e.RuleFor(p.Kind)
-	if rule.Auto {
+	decidedNow := dec.Outcome == policy.AutoApproved || dec.Outcome == policy.BreakGlass
+	if decidedNow {
 		// Deciding and granting at once: refused whole, nothing stored,
 		// while the audit log cannot record it under a signature.
 		if err := b.auditOpen(ctx); err != nil {
@@ -199,7 +140,6 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		}
 	}
 
-	now := b.clock.Now()
 	pending := e.PendingTimeout.D()
 	if pending <= 0 {
 		pending = DefaultPendingTimeout
@@ -212,21 +152,36 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		Reason:      in.Reason,
 		Ticket:      in.Ticket,
 		TaskID:      in.TaskID,
+		BreakGlass:  in.BreakGlass,
+		StartsAt:    in.StartsAt,
 		Channel:     lapse.ChannelFrom(ctx),
 		State:       lapse.RequestPending,
-		Required:    rule.Required,
+		Required:    rule.TotalRequired(),
 		CreatedAt:   now,
 		ExpiresAt:   now.Add(pending),
+	}
+	if _, end := policy.GrantWindow(e, r, now); e.ClockStart == lapse.ClockAtRequest && end.Before(r.ExpiresAt) {
+		// Its clock runs from the request: once the window has passed,
+		// an approval could only make a grant that has already ended.
+		r.ExpiresAt = end
 	}
 	r.Hash = r.ComputeHash()
 
 	var g *lapse.Grant
-	if rule.Auto {
+	if decidedNow {
 		r.Required = 0
 		r.State = lapse.RequestApproved
 		r.DecidedAt = now
-		r.DecisionNote = "auto-approved by policy"
-		g = b.newGrant(r, e, now) // provisioned inline unless fenced: inlineOrScheduled
+		switch dec.Rule {
+		case "break_glass":
+			r.DecisionNote = "break glass: approved by the requester; review due"
+			r.Review = &lapse.Review{State: lapse.ReviewPending, DueAt: now.Add(e.BreakGlass.ReviewWithin.D())}
+		case "auto_when":
+			r.DecisionNote = "auto-approved by policy (auto_when)"
+		default:
+			r.DecisionNote = "auto-approved by policy"
+		}
+		g = b.newGrant(r, e, now) // provisioned inline unless fenced or scheduled: inlineOrScheduled
 	}
 	fenced := false
 	err = b.store.Update(ctx, func(tx lapse.Tx) error {
@@ -247,6 +202,12 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		if g != nil {
 			inlineOrScheduled(g, fenced, b.cfg, now)
 		}
+		if r.BreakGlass {
+			data["break_glass"] = true
+		}
+		if !r.StartsAt.IsZero() {
+			data["starts_at"] = r.StartsAt
+		}
 		if err := tx.InsertRequest(ctx, r); err != nil {
 			return err
 		}
@@ -259,7 +220,20 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		if err := tx.InsertGrant(ctx, g); err != nil {
 			return err
 		}
-		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestDecided, r, string(lapse.RequestApproved), map[string]any{"rule": "auto"})); err != nil {
+		if r.BreakGlass {
+			skipped := rule.AllApprovers()
+			for _, rv := range e.BreakGlass.Reviewers {
+				if !slices.Contains(skipped, rv) {
+					skipped = append(skipped, rv)
+				}
+			}
+			if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestBreakGlass, r, "self_approved", map[string]any{
+				"reason": r.Reason, "skipped_approvers": skipped, "review_due": r.Review.DueAt,
+			})); err != nil {
+				return err
+			}
+		}
+		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestDecided, r, string(lapse.RequestApproved), map[string]any{"rule": dec.Rule})); err != nil {
 			return err
 		}
 		return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantCreated, g, string(g.State), map[string]any{"expires_at": g.ExpiresAt}))
@@ -271,9 +245,10 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 	if g == nil {
 		return res, nil
 	}
-	if fenced {
-		// An earlier grant is not revoked yet: this one waits, scheduled,
-		// and its credentials are claimed once the engine provisions it.
+	if fenced || g.State == lapse.GrantScheduled {
+		// An earlier grant is not revoked yet, or the grant starts later:
+		// it waits, scheduled, and its credentials are claimed once the
+		// engine provisions it.
 		res.Grant = g
 		b.nudge()
 		return res, nil
@@ -287,7 +262,10 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 	return res, nil
 }
 
+// newGrant makes the grant of r, decided at now, for the window the policy
+// gives it (policy.GrantWindow).
 func (b *Broker) newGrant(r *lapse.Request, e *lapse.Entitlement, now time.Time) *lapse.Grant {
+	start, end := policy.GrantWindow(e, r, now)
 	return &lapse.Grant{
 		ID:          lapse.NewID(lapse.PrefixGrant, now),
 		RequestID:   r.ID,
@@ -297,9 +275,9 @@ func (b *Broker) newGrant(r *lapse.Request, e *lapse.Entitlement, now time.Time)
 		Target:      e.Target,
 		TaskID:      r.TaskID,
 		State:       lapse.GrantScheduled,
-		StartsAt:    now,
-		ExpiresAt:   now.Add(r.Duration.D()),
-		DueAt:       now,
+		StartsAt:    start,
+		ExpiresAt:   end,
+		DueAt:       start,
 		CreatedAt:   now,
 	}
 }
@@ -357,7 +335,7 @@ func (b *Broker) ListRequests(ctx context.Context, f lapse.RequestFilter) ([]*la
 			if len(out) == want {
 				break
 			}
-			if b.eligibleApprover(r, p) == nil && !votedBy(r, p.ID) {
+			if b.mayDecide(r, p, lapse.DecisionApprove) == nil && !votedBy(r, p.ID) {
 				out = append(out, r)
 			}
 		}
@@ -381,29 +359,33 @@ func votedBy(r *lapse.Request, id string) bool {
 	return false
 }
 
-// eligibleApprover says whether p may decide r under the catalog in force.
-// The requester is never eligible, whatever their groups or scopes, and
-// neither is anyone the requester acted for: a request an agent filed for
-// its sponsor is the sponsor's own request, which someone else must
-// approve. Only humans decide.
-func (b *Broker) eligibleApprover(r *lapse.Request, p *lapse.Principal) error {
+// mayDecide says whether p may cast decision d on r under the policy in
+// force. The requester is never eligible, whatever their groups or
+// scopes and however their identity is spelled, and neither is anyone the
+// requester acted for: a request an agent filed for its sponsor is the
+// sponsor's own request, which someone else must approve. Only humans
+// decide. An approval must count for the stage the request is in
+// (policy.MayApprove); a denial may come from any eligible approver.
+func (b *Broker) mayDecide(r *lapse.Request, p *lapse.Principal, d lapse.Decision) error {
 	if lapse.SameHuman(p.ID, r.Requester.ID) {
 		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide your own request")
 	}
-	if slices.ContainsFunc(r.Requester.Act, func(id string) bool { return lapse.SameHuman(id, p.ID) }) {
+	if policy.Self(&r.Requester, p.ID) {
 		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide a request filed on your behalf")
 	}
 	if p.Kind != lapse.KindHuman {
 		return lapse.Errorf(lapse.EFORBIDDEN, "only humans approve or deny requests")
 	}
-	e := b.entitlement(r.Entitlement)
+	pol := b.policy()
+	e := pol.Entitlement(r.Entitlement)
 	if e == nil {
 		return lapse.Errorf(lapse.ECONFLICT, "entitlement %s is no longer in the catalog", r.Entitlement)
 	}
-	if !lapse.Matches(e.Approval.Approvers, p) {
-		return lapse.Errorf(lapse.EFORBIDDEN, "you are not an eligible approver of %s", r.Entitlement)
+	rule := e.RuleFor(r.Requester.Kind)
+	if d == lapse.DecisionDeny {
+		return pol.MayDeny(rule, r, p)
 	}
-	return nil
+	return pol.MayApprove(rule, r, p)
 }
 
 // Approve records the caller's approval; see lapse.Service.
@@ -447,12 +429,13 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 		}
 	}
 	var (
-		out     *lapse.Request
-		expired bool
-		created *lapse.Grant
+		out      *lapse.Request
+		expired  bool
+		created  *lapse.Grant
+		extended *lapse.Grant
 	)
 	err = b.store.Update(ctx, func(tx lapse.Tx) error {
-		expired, created = false, nil
+		expired, created, extended = false, nil, nil
 		r, err := tx.GetRequest(ctx, id)
 		if err != nil {
 			return err
@@ -474,7 +457,15 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 		if r.State != lapse.RequestPending {
 			return lapse.Errorf(lapse.ECONFLICT, "request is already %s", r.State)
 		}
-		if err := b.eligibleApprover(r, p); err != nil {
+		if votedBy(r, p.ID) {
+			// Before eligibility: a second vote by the same human is
+			// "already decided", whatever the stage now needs.
+			if err := b.mayDecide(r, p, lapse.DecisionDeny); err != nil {
+				return err
+			}
+			return lapse.Errorf(lapse.ECONFLICT, "you already decided this request")
+		}
+		if err := b.mayDecide(r, p, d); err != nil {
 			return err
 		}
 		if d == lapse.DecisionApprove {
@@ -489,9 +480,6 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 		}
 		if in.RequestHash != "" && in.RequestHash != r.Hash {
 			return lapse.FieldErrorf(lapse.ECONFLICT, "request_hash", "the request is not the one you reviewed")
-		}
-		if votedBy(r, p.ID) {
-			return lapse.Errorf(lapse.ECONFLICT, "you already decided this request")
 		}
 		a := &lapse.Approval{
 			RequestID: r.ID, Approver: subject(p), Decision: d, Comment: in.Comment,
@@ -514,12 +502,19 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 			r.State = lapse.RequestDenied
 			r.DecidedAt = now
 			r.DecisionNote = "denied by " + p.ID
-		case approvalsCount(r) >= r.Required:
-			e := b.entitlement(r.Entitlement)
+		case passed(b.policy(), r):
 			r.State = lapse.RequestApproved
 			r.DecidedAt = now
-			r.DecisionNote = "quorum reached"
-			created = b.newGrant(r, e, now)
+			r.DecisionNote = "every approval stage passed"
+			if r.Extends != "" {
+				// An extension moves the deadline of the grant it extends.
+				if extended, err = b.applyExtension(ctx, tx, r, now); err != nil {
+					return err
+				}
+				r.GrantID = extended.ID
+				break
+			}
+			created = b.newGrant(r, b.entitlement(r.Entitlement), now)
 			r.GrantID = created.ID
 		}
 		if err := tx.UpdateRequest(ctx, r); err != nil {
@@ -547,10 +542,20 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 	if expired {
 		return out, lapse.Errorf(lapse.ECONFLICT, "request expired before it was decided")
 	}
+	if extended != nil {
+		b.extendOnTarget(ctx, extended)
+	}
 	if created != nil {
 		b.nudge()
 	}
 	return out, nil
+}
+
+// passed reports whether r's approvals pass every stage of its
+// entitlement under pol.
+func passed(pol *policy.Policy, r *lapse.Request) bool {
+	e := pol.Entitlement(r.Entitlement)
+	return e != nil && pol.Progress(e.RuleFor(r.Requester.Kind), &r.Requester, r.Approvals).Done
 }
 
 // approvalsCount counts distinct approving humans. Distinctness is also

@@ -84,16 +84,33 @@ type Config struct {
 	// Workload is the machine lane's trust: the issuers whose workload
 	// tokens Lapse accepts at the token endpoint.
 	Workload Workload
+	// OIDC is the human lane's sign-in: the identity providers whose ID
+	// tokens Lapse accepts (docs/oidc.md).
+	OIDC OIDC
 	// Targets are the configured connector instances, by name.
 	Targets map[string]*Target
-	// Entitlements is the catalog, in file order.
+	// Entitlements is the catalog: this file's, then each policy file's,
+	// in file order.
 	Entitlements []*lapse.Entitlement
+	// Groups are the groups the policy defines itself, and OnCall its
+	// on-call lists, by name (docs/policy.md).
+	Groups map[string][]string
+	OnCall map[string][]string
+	// PolicyFiles are the other files the policy was read from (policy
+	// files and on-call lists), absolute: the server watches them, and
+	// reloads when one changes.
+	PolicyFiles []string
 	// ZSP is zero-standing-privilege assurance: the default exposure
 	// limit, the drift reconciler and the canary (docs/zsp.md).
 	ZSP ZSP
+	// Escalation is what happens to entitlements whose grants carry
+	// admin powers (config/escalation.go).
+	Escalation Escalation
+	// Notify is notifications by webhook (docs/notifications.md).
+	Notify Notify
 
 	root     ast.Node
-	entIndex map[string]int
+	entIndex map[string]entOrigin
 }
 
 // Log configures the process's structured logs.
@@ -186,9 +203,15 @@ type rawConfig struct {
 	Engine       rawEngine            `yaml:"engine"`
 	Audit        rawAudit             `yaml:"audit"`
 	Workload     rawWorkload          `yaml:"workload"`
+	OIDC         rawOIDC              `yaml:"oidc"`
 	Targets      map[string]rawTarget `yaml:"targets"`
 	Entitlements []rawEntitlement     `yaml:"entitlements"`
+	Groups       map[string][]string  `yaml:"groups"`
+	OnCall       map[string]rawOnCall `yaml:"on_call"`
+	Policy       rawPolicy            `yaml:"policy"`
 	ZSP          rawZSP               `yaml:"zsp"`
+	Escalation   ast.Node             `yaml:"escalation"` // config/escalation.go
+	Notify       rawNotify            `yaml:"notify"`
 }
 
 type rawLog struct {
@@ -247,6 +270,13 @@ type rawEntitlement struct {
 	Agents          *rawAgents      `yaml:"agents"`
 	Fence           string          `yaml:"fence"`
 	MaxUses         *int            `yaml:"max_uses"`
+	// The human lane's policy (config/policy.go).
+	Condition        string          `yaml:"condition"`
+	TicketPattern    string          `yaml:"ticket_pattern"`
+	MaxScheduleAhead *lapse.Duration `yaml:"max_schedule_ahead"`
+	ClockStart       string          `yaml:"clock_start"`
+	BreakGlass       *rawBreakGlass  `yaml:"break_glass"`
+	Extension        *rawExtension   `yaml:"extension"`
 }
 
 // rawAgents is an entitlement's policy for the agent lane (docs/agents.md).
@@ -255,9 +285,11 @@ type rawAgents struct {
 }
 
 type rawApproval struct {
-	Auto      bool     `yaml:"auto"`
-	Required  int      `yaml:"required"`
-	Approvers []string `yaml:"approvers"`
+	Auto      bool       `yaml:"auto"`
+	Required  int        `yaml:"required"`
+	Approvers []string   `yaml:"approvers"`
+	Stages    []rawStage `yaml:"stages"`
+	AutoWhen  string     `yaml:"auto_when"`
 }
 
 // Load reads and validates the configuration file at path.
@@ -409,7 +441,7 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 		Dir:      dir,
 		root:     v.root,
 		Targets:  map[string]*Target{},
-		entIndex: map[string]int{},
+		entIndex: map[string]entOrigin{},
 	}
 	rel := func(p string) string {
 		if p == "" || filepath.IsAbs(p) {
@@ -493,6 +525,7 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 	}
 
 	c.Workload = v.workload(&raw.Workload, rel)
+	c.OIDC = v.oidc(&raw.OIDC, rel)
 	c.ZSP = v.zsp(&raw.ZSP)
 
 	names := make([]string, 0, len(raw.Targets))
@@ -517,19 +550,15 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 		c.Targets[name] = &Target{Name: name, Kind: rt.Kind, Concurrency: rt.Concurrency, file: v.file, src: v.src, node: rt.Config}
 	}
 
-	for i := range raw.Entitlements {
-		name := raw.Entitlements[i].Name
-		if j, dup := c.entIndex[name]; dup && name != "" {
-			line, _ := position(valueNode(mustLookup(v.root, path("entitlements", j))))
-			v.errorf(path("entitlements", i, "name"), "duplicate entitlement %q (first defined at line %d)", name, line)
-			continue
-		}
-		c.entIndex[name] = i
-		if e := v.entitlement(c, i, &raw.Entitlements[i]); e != nil {
-			c.Entitlements = append(c.Entitlements, e)
-		}
+	v.groups(c, raw.Groups)
+	v.onCall(c, raw.OnCall, dir)
+	v.entitlements(c, raw.Entitlements)
+	for _, f := range v.policyFiles(&raw.Policy, rel) {
+		v.loadPolicyFile(c, f)
 	}
 	v.canaryEntitlements(c, raw.ZSP.Canary.Entitlements)
+	c.Escalation = v.escalation(c, raw.Escalation)
+	c.Notify = v.notify(c, &raw.Notify, rel)
 	return c
 }
 
@@ -682,6 +711,14 @@ func (v *validator) entitlement(c *Config, i int, r *rawEntitlement) *lapse.Enti
 
 	agentsNeedHuman := v.agents(at, r, e)
 	switch a := r.Approval; {
+	case a != nil && len(a.Stages) > 0:
+		if a.Auto {
+			v.errorf(at("approval", "auto"), "stages and auto: true exclude each other")
+		}
+		if a.Required != 0 || len(a.Approvers) != 0 {
+			v.errorf(at("approval", "stages"), "give stages, or required with approvers, not both")
+		}
+		e.Approval.Stages = v.stages(at, a.Stages)
 	case a == nil:
 		v.errorf(at("approval"), "required: either auto: true, or required: N with approvers")
 	case a.Auto && agentsNeedHuman:
@@ -718,6 +755,15 @@ func (v *validator) entitlement(c *Config, i int, r *rawEntitlement) *lapse.Enti
 			v.errorf(at("approval", "required"), "needs %d approvals but only %d approvers are listed", a.Required, len(e.Approval.Approvers))
 		}
 	}
+
+	if a := r.Approval; a != nil && a.AutoWhen != "" {
+		if a.Auto {
+			v.errorf(at("approval", "auto_when"), "auto_when decides when a request that otherwise needs approvers is approved at once; with auto: true every request is")
+		} else {
+			e.Approval.AutoWhen = v.condition(at("approval", "auto_when"), a.AutoWhen)
+		}
+	}
+	v.policyFields(at, r, e)
 
 	if r.MaxUses != nil {
 		// Whether the target can count uses is the connector's to say
@@ -829,11 +875,11 @@ func (c *Config) TargetNames() []string {
 // position is that of the inner key where the file has it. It returns err
 // unchanged if the entitlement is not in the file.
 func (c *Config) EntitlementError(name, field string, err error) error {
-	i, ok := c.entIndex[name]
+	o, ok := c.entIndex[name]
 	if !ok || err == nil {
 		return err
 	}
-	return c.errorWithin([]step{"entitlements", i}, field, err)
+	return errorWithin(o.v.file, o.v.root, []step{"entitlements", o.i}, field, err)
 }
 
 // TargetError positions err at a field ("kind", "config", or "" for the
@@ -849,12 +895,12 @@ func (c *Config) TargetError(name, field string, err error) error {
 	if _, ok := c.Targets[name]; !ok {
 		return err
 	}
-	return c.errorWithin([]step{"targets", name}, field, err)
+	return errorWithin(c.File, c.root, []step{"targets", name}, field, err)
 }
 
-// errorWithin positions err at field under prefix, refined by the Field of
-// a *lapse.Error in err's chain.
-func (c *Config) errorWithin(prefix []step, field string, err error) error {
+// errorWithin positions err at field under prefix in file, refined by the
+// Field of a *lapse.Error in err's chain.
+func errorWithin(file string, root ast.Node, prefix []step, field string, err error) error {
 	steps := prefix
 	if field != "" {
 		steps = append(steps, field)
@@ -865,7 +911,7 @@ func (c *Config) errorWithin(prefix []step, field string, err error) error {
 			steps = append(steps, fieldSteps(rel)...)
 		}
 	}
-	return errorAt(c.File, c.root, steps, err)
+	return errorAt(file, root, steps, err)
 }
 
 // fieldSteps splits a field name such as "claims.tier" or "consumers[1]"

@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -16,20 +17,31 @@ type scanner interface {
 func scanRequest(sc scanner) (*lapse.Request, error) {
 	r := new(lapse.Request)
 	var (
-		pc                              principalCols
-		duration                        int64
-		state                           string
-		createdAt, expiresAt, decidedAt sql.NullInt64
+		pc                                        principalCols
+		duration                                  int64
+		state, reviewState                        string
+		createdAt, expiresAt, decidedAt, startsAt sql.NullInt64
+		breakGlass                                int64
+		review                                    sql.NullString
 	)
 	p := &r.Requester
 	err := sc.Scan(&r.ID, &p.ID, &pc.kind, &p.Name, &pc.groups, &pc.scopes, &p.CredentialID,
 		&r.Entitlement, &duration, &r.Reason, &r.Ticket, &r.TaskID, &r.Channel, &r.Hash, &state,
-		&r.Required, &r.GrantID, &r.DecisionNote, &createdAt, &expiresAt, &decidedAt, &r.Version, &pc.act)
+		&r.Required, &r.GrantID, &r.DecisionNote, &createdAt, &expiresAt, &decidedAt, &r.Version, &pc.act,
+		&breakGlass, &startsAt, &r.Extends, &review, &reviewState)
 	if err != nil {
 		return nil, err
 	}
 	var d dec
 	pc.fill(&d, p)
+	r.BreakGlass = breakGlass != 0
+	r.StartsAt = timeOf(startsAt)
+	if review.Valid && review.String != "" {
+		r.Review = new(lapse.Review)
+		if err := json.Unmarshal([]byte(review.String), r.Review); err != nil {
+			return nil, fmt.Errorf("decode review of request %s: %w", r.ID, err)
+		}
+	}
 	r.Duration = lapse.Duration(duration)
 	r.State = lapse.RequestState(state)
 	r.CreatedAt = timeOf(createdAt)
@@ -117,6 +129,9 @@ func (s *Store) ListRequests(ctx context.Context, f lapse.RequestFilter) ([]*lap
 	if f.RequesterID != "" {
 		w.addText("requester_id = ?", "requester_id", f.RequesterID)
 	}
+	if f.ReviewPending {
+		w.addText("review_state = ?", "review_pending", lapse.ReviewPending)
+	}
 	if w.err != nil {
 		return nil, w.err
 	}
@@ -189,13 +204,16 @@ func (t *tx) InsertRequest(ctx context.Context, r *lapse.Request) error {
 	createdAt, expiresAt, decidedAt := e.time("created_at", r.CreatedAt), e.time("expires_at", r.ExpiresAt), e.time("decided_at", r.DecidedAt)
 	text := [...]string{e.text("entitlement", r.Entitlement), e.text("reason", r.Reason), e.text("ticket", r.Ticket),
 		e.text("task_id", r.TaskID), e.text("channel", r.Channel), e.text("hash", r.Hash), e.text("state", string(r.State)),
-		e.text("grant_id", r.GrantID), e.text("decision_note", r.DecisionNote)}
+		e.text("grant_id", r.GrantID), e.text("decision_note", r.DecisionNote), e.text("extends", r.Extends)}
+	startsAt := e.time("starts_at", r.StartsAt)
+	review, reviewState := e.review(r.Review)
 	if e.err != nil {
 		return e.err
 	}
 	res, err := t.exec(ctx, qInsertRequest, id, p[0], p[1], p[2], p[3], p[4], p[5],
 		text[0], int64(r.Duration), text[1], text[2], text[3], text[4], text[5], text[6],
-		r.Required, text[7], text[8], createdAt, expiresAt, decidedAt, int64(1), e.strings(r.Requester.Act))
+		r.Required, text[7], text[8], createdAt, expiresAt, decidedAt, int64(1), e.strings(r.Requester.Act),
+		boolInt(r.BreakGlass), startsAt, text[9], review, reviewState)
 	if err != nil {
 		return t.fail("insert request", err)
 	}
@@ -224,11 +242,12 @@ func (t *tx) UpdateRequest(ctx context.Context, r *lapse.Request) error {
 	var e enc
 	expiresAt, decidedAt := e.time("expires_at", r.ExpiresAt), e.time("decided_at", r.DecidedAt)
 	state, grantID, note, id := e.text("state", string(r.State)), e.text("grant_id", r.GrantID), e.text("decision_note", r.DecisionNote), e.text("id", r.ID)
+	review, reviewState := e.review(r.Review)
 	if e.err != nil {
 		return e.err
 	}
 	res, err := t.exec(ctx, qUpdateRequest, state, r.Required, grantID, note,
-		expiresAt, decidedAt, id, r.Version)
+		expiresAt, decidedAt, review, reviewState, id, r.Version)
 	if err != nil {
 		return t.fail("update request", err)
 	}
@@ -241,6 +260,26 @@ func (t *tx) UpdateRequest(ctx context.Context, r *lapse.Request) error {
 	}
 	t.set(&r.Version, r.Version+1)
 	return nil
+}
+
+// review encodes a break-glass review as JSON, and its state apart for
+// the index that lists pending reviews.
+func (e *enc) review(r *lapse.Review) (any, string) {
+	if r == nil {
+		return nil, ""
+	}
+	b, err := json.Marshal(r)
+	if err != nil && e.err == nil {
+		e.err = err
+	}
+	return string(b), e.text("review_state", r.State)
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // missOrConflict explains a compare-and-swap that changed no row.

@@ -243,6 +243,9 @@ func (c *Client) ListRequests(ctx context.Context, f lapse.RequestFilter) ([]*la
 	if f.RequesterID != "" {
 		q.Set("requester", f.RequesterID)
 	}
+	if f.ReviewPending {
+		q.Set("review_pending", "true")
+	}
 	if f.Approvable {
 		q.Set("approvable", "true")
 	}
@@ -271,6 +274,11 @@ func (c *Client) Deny(ctx context.Context, id string, in lapse.DecisionInput) (*
 // CancelRequest withdraws the caller's own pending request.
 func (c *Client) CancelRequest(ctx context.Context, id string) (*lapse.Request, error) {
 	return c.requestAction(ctx, id, "cancel", nil)
+}
+
+// ReviewRequest records the post-review of a break-glass request.
+func (c *Client) ReviewRequest(ctx context.Context, id string, in lapse.ReviewInput) (*lapse.Request, error) {
+	return c.requestAction(ctx, id, "review", in)
 }
 
 func (c *Client) requestAction(ctx context.Context, id, action string, in any) (*lapse.Request, error) {
@@ -340,6 +348,15 @@ func (c *Client) Release(ctx context.Context, grantID string, in lapse.ReleaseIn
 // Revoke ends any grant now (scope revoke).
 func (c *Client) Revoke(ctx context.Context, grantID string, in lapse.RevokeInput) (*lapse.Grant, error) {
 	return c.grantAction(ctx, grantID, "revoke", in)
+}
+
+// ExtendGrant asks for more time on the caller's active grant.
+func (c *Client) ExtendGrant(ctx context.Context, grantID string, in lapse.ExtendInput) (*lapse.RequestResult, error) {
+	var out lapse.RequestResult
+	if err := c.do(ctx, call{method: "POST", path: "/v1/grants/" + esc(grantID) + "/extend", body: in, auth: true, want: 200, out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 func (c *Client) grantAction(ctx context.Context, id, action string, in any) (*lapse.Grant, error) {

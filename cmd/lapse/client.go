@@ -95,9 +95,10 @@ func addClientCommands(root *cobra.Command) {
 // addClientCommandsWith adds the client commands with the given seams.
 func addClientCommandsWith(root *cobra.Command, d *clientDeps) {
 	for _, c := range []*cobra.Command{
-		d.requestCmd(), d.requestsCmd(), d.approveCmd(), d.denyCmd(), d.cancelCmd(),
-		d.grantsCmd(), d.grantCmd(), d.credentialsCmd(), d.releaseCmd(), d.revokeCmd(),
+		d.requestCmd(), d.requestsCmd(), d.approveCmd(), d.denyCmd(), d.cancelCmd(), d.reviewCmd(),
+		d.grantsCmd(), d.grantCmd(), d.credentialsCmd(), d.releaseCmd(), d.revokeCmd(), d.extendCmd(),
 		d.whoamiCmd(), d.entitlementsCmd(), d.apikeyCmd(), d.mandateCmd(), d.receiptCmd(),
+		d.loginCmd(), d.logoutCmd(),
 	} {
 		root.AddCommand(c)
 	}
@@ -111,8 +112,10 @@ Connection (flags beat the environment):
   --token-file FILE   or LAPSE_TOKEN_FILE  file that holds the API key
   -o table|json       or LAPSE_OUTPUT      output format (default table)
 The credential is taken from the first of --token, --token-file,
-LAPSE_TOKEN, LAPSE_TOKEN_FILE that is set. Prefer a token file (mode 0600)
-or the environment to --token, which other users can see in the process list.`
+LAPSE_TOKEN, LAPSE_TOKEN_FILE that is set, else from the sign-in of
+'lapse login' (LAPSE_CREDENTIALS names its file). Prefer a token file (mode
+0600) or the environment to --token, which other users can see in the
+process list.`
 
 // clientFlags are the connection flags every client command carries.
 type clientFlags struct {
@@ -263,7 +266,17 @@ func (cmd *clientCommand) resolve(c *cobra.Command) (clientConfig, error) {
 			return cfg, err
 		}
 	default:
-		return cfg, lapse.Errorf(lapse.EUNAUTHORIZED, "no credential: set %s or %s, or pass --token-file", envToken, envTokenFile)
+		// Last, the sign-in of lapse login (login.go).
+		ctx := c.Context()
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		if cfg.Token, err = d.loginToken(ctx, stderr); err != nil {
+			return cfg, err
+		}
+		if cfg.Token == "" {
+			return cfg, lapse.Errorf(lapse.EUNAUTHORIZED, "no credential: run lapse login, set %s or %s, or pass --token-file", envToken, envTokenFile)
+		}
 	}
 	return cfg, nil
 }

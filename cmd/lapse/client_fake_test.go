@@ -33,11 +33,13 @@ type fakeService struct {
 	approve       func(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error)
 	deny          func(ctx context.Context, id string, in lapse.DecisionInput) (*lapse.Request, error)
 	cancel        func(ctx context.Context, id string) (*lapse.Request, error)
+	review        func(ctx context.Context, id string, in lapse.ReviewInput) (*lapse.Request, error)
 	getGrant      func(ctx context.Context, id string) (*lapse.Grant, error)
 	listGrants    func(ctx context.Context, f lapse.GrantFilter) ([]*lapse.Grant, error)
 	claim         func(ctx context.Context, id string) (*lapse.Credentials, error)
 	release       func(ctx context.Context, id string, in lapse.ReleaseInput) (*lapse.Grant, error)
 	revoke        func(ctx context.Context, id string, in lapse.RevokeInput) (*lapse.Grant, error)
+	extend        func(ctx context.Context, id string, in lapse.ExtendInput) (*lapse.RequestResult, error)
 	createKey     func(ctx context.Context, in lapse.APIKeyInput) (*lapse.NewAPIKey, error)
 	listKeys      func(ctx context.Context) ([]*lapse.APIKey, error)
 	revokeKey     func(ctx context.Context, prefix string) (*lapse.APIKey, error)
@@ -130,6 +132,13 @@ func (f *fakeService) CancelRequest(ctx context.Context, id string) (*lapse.Requ
 	return f.cancel(ctx, id)
 }
 
+func (f *fakeService) ReviewRequest(ctx context.Context, id string, in lapse.ReviewInput) (*lapse.Request, error) {
+	if !f.record("ReviewRequest", f.review) {
+		return nil, errUnexpected
+	}
+	return f.review(ctx, id, in)
+}
+
 func (f *fakeService) GetGrant(ctx context.Context, id string) (*lapse.Grant, error) {
 	if !f.record("GetGrant", f.getGrant) {
 		return nil, errUnexpected
@@ -156,6 +165,13 @@ func (f *fakeService) Release(ctx context.Context, id string, in lapse.ReleaseIn
 		return nil, errUnexpected
 	}
 	return f.release(ctx, id, in)
+}
+
+func (f *fakeService) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInput) (*lapse.RequestResult, error) {
+	if !f.record("ExtendGrant", f.extend) {
+		return nil, errUnexpected
+	}
+	return f.extend(ctx, id, in)
 }
 
 func (f *fakeService) Revoke(ctx context.Context, id string, in lapse.RevokeInput) (*lapse.Grant, error) {

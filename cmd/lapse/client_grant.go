@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -330,4 +331,45 @@ func (cr *clientRun) endGrant(ctx context.Context, id string, wait bool, verb st
 		return errors.New(msg + "; Lapse keeps retrying; follow it with \"lapse grant " + g.ID + "\"")
 	}
 	return nil
+}
+
+// extendCmd asks for more time on one's own active grant.
+func (d *clientDeps) extendCmd() *cobra.Command {
+	var dur, reason string
+	c := &cobra.Command{
+		Use:   "extend GRANT_ID --for DURATION",
+		Short: "Ask for more time on your active grant",
+		Long: `Ask for more time on your active grant, where its entitlement allows
+extensions. The extension is a request of its own: approved at once, or by
+the entitlement's approvers again (then "lapse requests --mine" shows it).
+Once approved, the grant's deadline moves, and the target's own deadline
+with it. The grant's whole length never exceeds the entitlement's maximum
+with extensions. Grants on token targets cannot be extended: a token
+carries its own expiry.`,
+		Example: `  lapse extend gr_01j... --for 30m --reason "the migration runs long"`,
+	}
+	d.newClientCommand(c, []string{"GRANT_ID"}, func(ctx context.Context, cr *clientRun, args []string) error {
+		v, err := lapse.ParseDuration(dur)
+		if err != nil || v <= 0 {
+			return usageFieldErrorf("duration", "--for must be a positive duration like 30m")
+		}
+		res, err := cr.svc.ExtendGrant(ctx, args[0], lapse.ExtendInput{Duration: lapse.Duration(v), Reason: reason})
+		if err != nil {
+			return err
+		}
+		if cr.json() {
+			return writeJSON(cr.stdout, res)
+		}
+		r := res.Request
+		if res.Grant != nil {
+			fmt.Fprintf(cr.stdout, "Extended grant %s by %s: it now ends %s.\n", clean(res.Grant.ID), humanDuration(v), res.Grant.ExpiresAt.UTC().Format(time.RFC3339))
+			return nil
+		}
+		fmt.Fprintf(cr.stdout, "Filed extension request %s for grant %s: %s.\n", clean(r.ID), clean(args[0]), clean(string(r.State)))
+		printRequestFields(cr.printer(), r)
+		return nil
+	})
+	c.Flags().StringVar(&dur, "for", "", "how much longer, like 30m")
+	c.Flags().StringVar(&reason, "reason", "", "why you need more time")
+	return c
 }

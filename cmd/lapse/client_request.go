@@ -15,8 +15,8 @@ import (
 func (d *clientDeps) requestCmd() *cobra.Command {
 	var (
 		dur, reason, ticket, task string
-		onBehalfOf                string
-		wait                      bool
+		onBehalfOf, startAt       string
+		wait, breakGlass          bool
 		timeout                   time.Duration
 	)
 	c := &cobra.Command{
@@ -35,11 +35,20 @@ line shows on stderr; otherwise one line per state change. Ctrl-C or
 "lapse cancel ID"). A denied, expired or cancelled request exits with
 status 1 and says why.`,
 		Example: `  lapse request prod-db/read --for 30m --reason "INC-1234: check replication lag" --wait
+  lapse request prod-db/owner --start-at 2026-12-05T22:00:00Z --for 2h --reason "maintenance window MW-7"
+  lapse request prod-db/admin --break-glass --reason "primary down, failover stuck (INC-1300)" --wait
   lapse request cache/flush --ticket OPS-88 -o json
   lapse request prod-db/read --on-behalf-of alice   # an agent key, when several sponsors' mandates cover it`,
 	}
 	d.newClientCommand(c, []string{"ENTITLEMENT"}, func(ctx context.Context, cr *clientRun, args []string) error {
-		in := lapse.RequestInput{Entitlement: args[0], Reason: reason, Ticket: ticket, TaskID: task, OnBehalfOf: onBehalfOf}
+		in := lapse.RequestInput{Entitlement: args[0], Reason: reason, Ticket: ticket, TaskID: task, OnBehalfOf: onBehalfOf, BreakGlass: breakGlass}
+		if startAt != "" {
+			t, err := time.Parse(time.RFC3339, startAt)
+			if err != nil {
+				return usageFieldErrorf("starts_at", "--start-at must be a time like 2026-12-05T22:00:00Z")
+			}
+			in.StartsAt = t
+		}
 		if dur != "" {
 			v, err := lapse.ParseDuration(dur)
 			if err != nil {
@@ -76,6 +85,8 @@ status 1 and says why.`,
 	f.StringVar(&task, "task", "", "task ID; the grant ends when the task releases it")
 	f.StringVar(&onBehalfOf, "on-behalf-of", "", "for an agent: the sponsor to ask for, when mandates of several sponsors cover the request")
 	f.BoolVar(&wait, "wait", false, "wait for the decision and the grant, then print the credentials")
+	f.BoolVar(&breakGlass, "break-glass", false, "emergency: approve it yourself under the entitlement's break-glass rule (needs --reason; the approvers are notified and review it afterwards)")
+	f.StringVar(&startAt, "start-at", "", "schedule the grant's start (RFC 3339), where the entitlement allows it")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, how long to wait at most")
 	return c
 }
@@ -98,6 +109,9 @@ func (cr *clientRun) printRequestResult(res *lapse.RequestResult) error {
 		return cr.printCredentials(res.Credentials)
 	}
 	switch {
+	case res.Grant != nil && res.Grant.State == lapse.GrantScheduled && res.Grant.StartsAt.After(r.CreatedAt):
+		fmt.Fprintf(cr.stderr, "Grant %s starts at %s. Claim the credentials with \"lapse credentials %s\" once it is active.\n",
+			clean(res.Grant.ID), res.Grant.StartsAt.UTC().Format(time.RFC3339), clean(res.Grant.ID))
 	case res.Grant != nil && res.Grant.State == lapse.GrantScheduled:
 		fmt.Fprintf(cr.stderr, "Grant %s waits: an earlier grant of %s must be revoked and verified first. Claim the credentials with \"lapse credentials %s\" once it is active.\n",
 			clean(res.Grant.ID), clean(r.Entitlement), clean(res.Grant.ID))
@@ -111,6 +125,18 @@ func (cr *clientRun) printRequestResult(res *lapse.RequestResult) error {
 }
 
 // printRequestFields prints one request as a detail view, with its votes.
+// breakGlassCell says where a break-glass request's post-review stands;
+// empty for other requests.
+func breakGlassCell(r *lapse.Request) string {
+	if !r.BreakGlass || r.Review == nil {
+		return ""
+	}
+	if r.Review.State == lapse.ReviewPending {
+		return "review due " + r.Review.DueAt.UTC().Format(time.RFC3339)
+	}
+	return "reviewed: " + r.Review.State + " by " + r.Review.Reviewer
+}
+
 func printRequestFields(p *printer, r *lapse.Request) {
 	p.fields(
 		"ID", r.ID,
@@ -124,6 +150,8 @@ func printRequestFields(p *printer, r *lapse.Request) {
 		"Approvals", approvalsCell(r),
 		"Grant", r.GrantID,
 		"Note", r.DecisionNote,
+		"Starts", p.when(r.StartsAt),
+		"Break glass", breakGlassCell(r),
 		"Created", p.when(r.CreatedAt),
 		"Decided", p.when(r.DecidedAt),
 		pendingLabel(r), p.when(pendingTime(r)),
@@ -169,9 +197,9 @@ var requestStates = []lapse.RequestState{lapse.RequestPending, lapse.RequestAppr
 
 func (d *clientDeps) requestsCmd() *cobra.Command {
 	var (
-		state            string
-		approvable, mine bool
-		limit            int
+		state                           string
+		approvable, mine, reviewPending bool
+		limit                           int
 	)
 	c := &cobra.Command{
 		Use:   "requests",
@@ -184,7 +212,7 @@ only your own.`,
   lapse requests --mine --state pending -o json`,
 	}
 	d.newClientCommand(c, nil, func(ctx context.Context, cr *clientRun, _ []string) error {
-		f := lapse.RequestFilter{State: lapse.RequestState(state), Approvable: approvable, Limit: limit}
+		f := lapse.RequestFilter{State: lapse.RequestState(state), Approvable: approvable, ReviewPending: reviewPending, Limit: limit}
 		if state != "" && !slices.Contains(requestStates, f.State) {
 			return usageFieldErrorf("state", "state must be one of %s", joinStates(requestStates))
 		}
@@ -224,6 +252,7 @@ only your own.`,
 	f.StringVar(&state, "state", "", "only requests in this state: "+joinStates(requestStates))
 	f.BoolVar(&approvable, "approvable", false, "only pending requests you may approve or deny")
 	f.BoolVar(&mine, "mine", false, "only your own requests")
+	f.BoolVar(&reviewPending, "review-pending", false, "only break-glass requests still waiting for their post-review")
 	f.IntVar(&limit, "limit", 0, fmt.Sprintf("at most this many (default %d)", lapse.DefaultListLimit))
 	return c
 }
@@ -285,6 +314,46 @@ so it cannot apply to a request that says something else.`,
 		return nil
 	})
 	c.Flags().StringVar(&comment, "comment", "", "a note kept with your decision")
+	return c
+}
+
+// reviewCmd records the post-review of a break-glass request.
+func (d *clientDeps) reviewCmd() *cobra.Command {
+	var (
+		comment        string
+		accept, reject bool
+	)
+	c := &cobra.Command{
+		Use:   "review ID",
+		Short: "Review someone else's break-glass request afterwards",
+		Long: `Review someone else's break-glass request afterwards: --accept, or
+--reject with a --comment saying what was wrong. A rejection ends the grant
+if it is still active. "lapse requests --review-pending" lists what waits.`,
+		Example: `  lapse review req_01j... --accept --comment "matches INC-1300"
+  lapse review req_01j... --reject --comment "no incident on record"`,
+	}
+	d.newClientCommand(c, []string{"ID"}, func(ctx context.Context, cr *clientRun, args []string) error {
+		if accept == reject {
+			return usageFieldErrorf("outcome", "give exactly one of --accept or --reject")
+		}
+		in := lapse.ReviewInput{Outcome: lapse.ReviewAccepted, Comment: comment}
+		if reject {
+			in.Outcome = lapse.ReviewRejected
+		}
+		r, err := cr.svc.ReviewRequest(ctx, args[0], in)
+		if err != nil {
+			return err
+		}
+		if cr.json() {
+			return writeJSON(cr.stdout, r)
+		}
+		fmt.Fprintf(cr.stdout, "Reviewed break-glass request %s by %s: %s.\n", clean(r.ID), clean(principalName(r.Requester)), clean(in.Outcome))
+		printRequestFields(cr.printer(), r)
+		return nil
+	})
+	c.Flags().BoolVar(&accept, "accept", false, "the break-glass use was justified")
+	c.Flags().BoolVar(&reject, "reject", false, "it was not (needs --comment); ends the grant if still active")
+	c.Flags().StringVar(&comment, "comment", "", "what the review found")
 	return c
 }
 

@@ -184,7 +184,7 @@ users, and the exact commands to try next.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{err: err, command: c.CommandPath()}
 	})
-	root.AddCommand(m.serverCommand(), m.devCommand(), m.adminCommand(), m.auditCommand(), m.mcpCommand(), m.zspCommand(), m.versionCommand())
+	root.AddCommand(m.serverCommand(), m.devCommand(), m.adminCommand(), m.auditCommand(), m.mcpCommand(), m.zspCommand(), m.policyCommand(), m.versionCommand())
 	addClientCommands(root)
 	return root
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/authn"
+	"github.com/lapsehq/lapse/internal/testlock"
 	"github.com/lapsehq/lapse/sqlstore/sqltest"
 )
 
@@ -553,6 +554,7 @@ func newSecretsMariaDB(t *testing.T, id string) *secretsMariaDB {
 	if err := admin.PingContext(ctx); err != nil {
 		unavailable(t, "MariaDB", err)
 	}
+	testlock.MariaDB(t, admin) // see internal/testlock
 	m := &secretsMariaDB{admin: admin, dsn: dsn, prefix: "s" + id[:4] + "_", role: "lsec_" + id + "_role", db: "lsec_" + id + "_db"}
 	exec := func(q string) {
 		t.Helper()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -22,11 +23,13 @@ import (
 	"github.com/lapsehq/lapse/api"
 	"github.com/lapsehq/lapse/audit"
 	"github.com/lapsehq/lapse/authn"
+	"github.com/lapsehq/lapse/authn/oidc"
 	"github.com/lapsehq/lapse/authn/workload"
 	"github.com/lapsehq/lapse/broker"
 	"github.com/lapsehq/lapse/config"
 	"github.com/lapsehq/lapse/connector"
 	"github.com/lapsehq/lapse/connector/registry"
+	"github.com/lapsehq/lapse/notify"
 	"github.com/lapsehq/lapse/sqlstore"
 )
 
@@ -130,6 +133,10 @@ type Server struct {
 	driftCancel  context.CancelFunc
 	driftDone    chan struct{}
 	canary       *canary // the scheduled session-level test (zsp_test_cmd.go)
+	notifyCancel context.CancelFunc
+	notifyDone   chan struct{}
+	policyCancel context.CancelFunc // the policy reloader (server_policy.go)
+	policyDone   chan struct{}
 	failed       chan error
 	closing      chan struct{}
 	closeOnce    sync.Once
@@ -255,13 +262,25 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		workloads = v
 	}
 
+	// Human sign-in: a bearer that is a JWT goes to the OIDC verifier,
+	// anything else to the API keys. Like the workload issuers, identity
+	// providers are asked for keys only when an ID token needs them.
+	var bearer api.Authenticator = &authn.APIKeys{Keys: s.Store, Clock: s.Clock}
+	if len(cfg.OIDC.Issuers) > 0 {
+		v, err := oidc.New(cfg.OIDC.Issuers, oidc.Options{Clock: s.Clock, Logger: s.Logger.With("component", "oidc")})
+		if err != nil {
+			return cfg.OIDCError(err)
+		}
+		bearer = &authn.Chain{APIKeys: bearer, OIDC: v}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.Broker, err = broker.New(broker.Config{
 		Store:      s.Store,
 		Clock:      s.Clock,
 		Logger:     s.Logger,
-		Catalog:    cfg.Entitlements,
+		Policy:     cfg.PolicyDocument(),
 		Targets:    targets,
 		SealingKey: sealingKey,
 		Engine: broker.EngineConfig{
@@ -275,7 +294,13 @@ func (s *Server) Open(ctx context.Context) (err error) {
 		},
 		Registerer: reg,
 		AuditGate:  func(context.Context) error { return s.Audit.Healthy() },
+		Escalation: escalationOf(cfg),
 	})
+	if ee := (*broker.EscalationError)(nil); errors.As(err, &ee) {
+		// Admin powers refused by the escalation policy: point at the
+		// first such entitlement; the message lists them all.
+		return cfg.EntitlementError(ee.Entitlement, "spec", err)
+	}
 	if err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
@@ -320,6 +345,16 @@ func (s *Server) Open(ctx context.Context) (err error) {
 	if err := s.startDrift(ctx); err != nil {
 		return err
 	}
+	// Webhooks (notify:) tail the event log from their cursor, found
+	// before the first call is accepted so none of its events is missed.
+	if err := s.startNotify(ctx, reg); err != nil {
+		return err
+	}
+	// The policy in force is recorded, and reloaded on SIGHUP or when
+	// one of its files changes.
+	if err := s.startPolicyReload(ctx, reg); err != nil {
+		return fmt.Errorf("record the policy: %w", err)
+	}
 
 	// Announce the server only once it is ready, so /readyz answers 200
 	// from the first connection on.
@@ -330,7 +365,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 
 	handler := (&api.Server{
 		Service:  s.Broker,
-		Auth:     &authn.APIKeys{Keys: s.Store, Clock: s.Clock},
+		Auth:     bearer,
 		Workload: workloads,
 		Tokens:   tokens,
 		Gatherer: reg,
@@ -432,6 +467,14 @@ func (s *Server) release() error {
 		errs = append(errs, s.ln.Close())
 	}
 	s.stopCanary() // its revocation in progress is the engine's to finish
+	if s.policyCancel != nil {
+		s.policyCancel()
+		<-s.policyDone
+	}
+	if s.notifyCancel != nil {
+		s.notifyCancel() // what is in flight is sent again after a restart
+		waitLogged(s.Logger, s.notifyDone, "waiting for the webhooks' calls in flight to end")
+	}
 	if s.driftCancel != nil {
 		s.driftCancel()
 		waitLogged(s.Logger, s.driftDone, "waiting for the drift reconciler to finish its pass")
@@ -507,4 +550,39 @@ func createPrivate(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// notifyStateFile is the webhooks' cursor file under data_dir.
+const notifyStateFile = "notify-state.json"
+
+// startNotify starts the webhooks of notify: when any is configured. They
+// read the store only, each on its own goroutine, so a receiver that is
+// slow or gone never holds up the broker; Close stops them.
+func (s *Server) startNotify(ctx context.Context, reg prometheus.Registerer) error {
+	cfg := s.Config.Notify
+	if len(cfg.Webhooks) == 0 {
+		return nil
+	}
+	log := s.Logger.With("component", "notify")
+	n, err := notify.New(ctx, notify.Config{
+		Store:         s.Store,
+		Webhooks:      cfg.Webhooks,
+		ExpiryWarning: cfg.ExpiryWarning,
+		StateFile:     filepath.Join(s.Config.DataDir, notifyStateFile),
+		Clock:         s.Clock,
+		Logger:        s.Logger, // the notifier names itself (component=notify)
+		Registerer:    reg,
+	})
+	if err != nil {
+		return s.Config.NotifyError(err)
+	}
+	nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.notifyCancel = cancel
+	s.notifyDone = make(chan struct{})
+	go func() {
+		defer close(s.notifyDone)
+		_ = n.Run(nctx)
+	}()
+	log.Info("webhooks started", "webhooks", len(cfg.Webhooks), "expiry_warning", cfg.ExpiryWarning.String())
+	return nil
 }

@@ -82,6 +82,13 @@ func (b *broken) ValidateSpec(spec map[string]any) error {
 	return b.Conn.ValidateSpec(spec)
 }
 
+func (b *broken) Extend(ctx context.Context, req *connector.ExtendRequest) error {
+	if b.defect == "extend-revoked-ok" && !b.Conn.Has(req.GrantID) {
+		return nil
+	}
+	return b.Conn.Extend(ctx, req)
+}
+
 func harness(c connector.Connector, f *fake.Conn, killSessions bool) connectortest.Harness {
 	return connectortest.Harness{
 		Open:     func(t *testing.T) connector.Connector { return c },
@@ -140,6 +147,7 @@ func TestSuiteCatchesDefects(t *testing.T) {
 		"validate-accepts-all":  "ValidateSpec",
 		"sessions-survive":      "RevokeVerifyGone",
 		"no-checkpoints":        "Checkpoints",
+		"extend-revoked-ok":     "Extend",
 	}
 	for defect, subtest := range cases {
 		t.Run(defect, func(t *testing.T) {

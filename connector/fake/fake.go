@@ -52,9 +52,10 @@ const (
 	Revoke   Method = "revoke"
 	Verify   Method = "verify"
 	Discover Method = "discover"
+	Extend   Method = "extend"
 )
 
-var methods = [...]Method{Grant, Revoke, Verify, Discover}
+var methods = [...]Method{Grant, Revoke, Verify, Discover, Extend}
 
 func (m Method) index() int {
 	for i, x := range methods {
@@ -955,3 +956,37 @@ var (
 	_ connector.Closer        = (*Conn)(nil)
 	_ connector.Factory       = Open
 )
+
+// Extend moves the deadline the fake target enforces at login (like
+// PostgreSQL's VALID UNTIL) to req.ExpiresAt; it never shortens it.
+// Returns ENOTFOUND when the grant has no account here.
+func (c *Conn) Extend(ctx context.Context, req *connector.ExtendRequest) error {
+	done, err := c.enter(ctx, Extend, req.GrantID)
+	if err != nil {
+		return err
+	}
+	defer done()
+	rec, err := c.get(req.GrantID)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return lapse.Errorf(lapse.ENOTFOUND, "fake: no account for grant %s", req.GrantID)
+	}
+	if !req.ExpiresAt.After(rec.ExpiresAt) {
+		return nil
+	}
+	rec.ExpiresAt = req.ExpiresAt
+	_, err = c.put(rec)
+	return err
+}
+
+// Deadline is the deadline the fake target enforces for grantID (zero
+// when it has no account), for tests.
+func (c *Conn) Deadline(grantID string) time.Time {
+	rec, err := c.get(grantID)
+	if err != nil || rec == nil {
+		return time.Time{}
+	}
+	return rec.ExpiresAt
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
 	"github.com/lapsehq/lapse/connector/mariadb"
+	"github.com/lapsehq/lapse/internal/testlock"
 )
 
 // testDSN is the administrative DSN of the test server: a MariaDB on
@@ -72,6 +73,9 @@ type fixture struct {
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	admin := mustAdmin(t)
+	// Other packages' tests keep off the server while this one runs: the
+	// hostile input test compares the whole catalog (internal/testlock).
+	testlock.MariaDB(t, admin)
 	id := rnd(6)
 	f := &fixture{admin: admin, db: "lt_" + id + "_db", role: "lt_" + id + "_role", prefix: "t" + rnd(4) + "_"}
 	f.exec(t, "CREATE DATABASE `"+f.db+"`")

@@ -20,6 +20,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/lapsehq/lapse/internal/testlock"
 )
 
 func env(name, def string) string {
@@ -112,6 +114,7 @@ func NewMariaDB(t testing.TB) MariaDB {
 	if err != nil {
 		Missing(t, "MariaDB", err)
 	}
+	testlock.MariaDB(t, admin) // see internal/testlock
 	id := rnd(4)
 	f := MariaDB{DSN: MariaDBDSN, Prefix: "z" + id + "_", Role: "lz_" + id + "_role"}
 	if _, err := admin.ExecContext(ctx, "CREATE ROLE `"+f.Role+"`"); err != nil {

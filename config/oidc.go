@@ -1,0 +1,103 @@
+package config
+
+import (
+	"errors"
+
+	"github.com/goccy/go-yaml/ast"
+
+	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/authn/oidc"
+)
+
+// OIDC configures human sign-in with OpenID Connect (docs/oidc.md): the
+// identity providers whose ID tokens Lapse accepts as bearer credentials.
+// Paths in the issuers are absolute.
+type OIDC struct {
+	Issuers []oidc.IssuerConfig
+}
+
+type rawOIDC struct {
+	Issuers []rawOIDCIssuer `yaml:"issuers"`
+}
+
+type rawOIDCIssuer struct {
+	Name         string          `yaml:"name"`
+	Issuer       string          `yaml:"issuer"`
+	Audiences    []string        `yaml:"audiences"`
+	Algorithms   []string        `yaml:"algorithms"`
+	ClockSkew    *lapse.Duration `yaml:"clock_skew"`
+	MaxAge       *lapse.Duration `yaml:"max_age"`
+	CAFile       string          `yaml:"ca_file"`
+	IDClaim      string          `yaml:"id_claim"`
+	IDPrefix     string          `yaml:"id_prefix"`
+	GroupsClaim  string          `yaml:"groups_claim"`
+	GroupsPrefix string          `yaml:"groups_prefix"`
+	// Scopes is a pointer so that "scopes: []" (none) differs from no
+	// scopes key (the defaults).
+	Scopes     *[]string          `yaml:"scopes"`
+	ScopeRules []rawOIDCScopeRule `yaml:"scope_rules"`
+}
+
+type rawOIDCScopeRule struct {
+	Group  string   `yaml:"group"`
+	Scopes []string `yaml:"scopes"`
+}
+
+// oidc validates the identity providers and resolves their relative paths.
+func (v *validator) oidc(r *rawOIDC, rel func(string) string) OIDC {
+	var o OIDC
+	for _, ri := range r.Issuers {
+		c := oidc.IssuerConfig{
+			Name:         ri.Name,
+			Issuer:       ri.Issuer,
+			Audiences:    ri.Audiences,
+			Algorithms:   ri.Algorithms,
+			CAFile:       rel(ri.CAFile),
+			IDClaim:      ri.IDClaim,
+			IDPrefix:     ri.IDPrefix,
+			GroupsClaim:  ri.GroupsClaim,
+			GroupsPrefix: ri.GroupsPrefix,
+		}
+		if ri.ClockSkew != nil {
+			c.ClockSkew = ri.ClockSkew.D()
+		}
+		if ri.MaxAge != nil {
+			c.MaxAge = ri.MaxAge.D()
+		}
+		if ri.Scopes != nil {
+			c.Scopes = append([]string{}, *ri.Scopes...)
+		}
+		for _, rr := range ri.ScopeRules {
+			c.ScopeRules = append(c.ScopeRules, oidc.ScopeRule{Group: rr.Group, Scopes: rr.Scopes})
+		}
+		o.Issuers = append(o.Issuers, c)
+	}
+	for _, err := range oidc.ValidateAll(o.Issuers) {
+		v.errs = append(v.errs, oidcError(v.file, v.root, err))
+	}
+	return o
+}
+
+// oidcError positions an *oidc.IssuerError at its issuer's field.
+func oidcError(file string, root ast.Node, err error) *Error {
+	steps := []step{"oidc", "issuers"}
+	var ie *oidc.IssuerError
+	if errors.As(err, &ie) {
+		steps = append(steps, ie.Index)
+		if f := lapse.ErrorField(ie.Err); f != "" {
+			steps = append(steps, fieldSteps(f)...)
+		}
+		err = ie.Err
+	}
+	return errorAt(file, root, steps, err)
+}
+
+// OIDCError positions an error of building the OIDC verifier (a CA file
+// that cannot be read) at the issuer's field.
+func (c *Config) OIDCError(err error) error {
+	var ce *Error
+	if err == nil || errors.As(err, &ce) {
+		return err
+	}
+	return oidcError(c.File, c.root, err)
+}
