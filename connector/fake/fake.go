@@ -22,6 +22,7 @@
 package fake
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -31,12 +32,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/lapsehq/lapse"
@@ -87,7 +90,8 @@ type Options struct {
 	Dir string
 	// Journal, when set, is a file to which every effective Grant (one that
 	// created an account) and Revoke (one that removed one) is appended as
-	// a JSON line (see JournalEntry).
+	// a JSON line (see JournalEntry), exactly once each, even when a
+	// process is killed in the middle (journaled).
 	Journal string
 	// Clock is used for expiry checks and journal times (default: the
 	// system clock).
@@ -163,6 +167,9 @@ type Conn struct {
 	setupOnce sync.Once
 	setupErr  error
 	journal   *os.File
+	// journalMu orders this process's journaled changes; the file lock
+	// orders them across processes (journaled).
+	journalMu sync.Mutex
 
 	mu          sync.Mutex
 	grants      map[string]*record // memory mode only
@@ -562,6 +569,78 @@ func (c *Conn) list() ([]*record, error) {
 	return out, nil
 }
 
+// journaled runs change (a put or a remove of grantID's record) and records
+// op for it in the journal exactly once per change on the target, even
+// across processes that share the directory and are killed at any point:
+// under an exclusive lock on the journal it appends op first, unless the
+// journal already holds it for the grant's current life (a "revoke" after
+// its last "grant"), and then changes the record. A process killed between
+// the two leaves the entry; the next process to make the change (the
+// broker retries until it verifies) finds it and does not add another. A
+// revoke of a record that is absent records nothing.
+func (c *Conn) journaled(op, grantID string, change func() (bool, error)) (bool, error) {
+	if c.opts.Journal == "" {
+		return change()
+	}
+	c.journalMu.Lock()
+	defer c.journalMu.Unlock()
+	f, err := os.OpenFile(c.opts.Journal, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return false, fmt.Errorf("fake: open journal: %w", err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return false, fmt.Errorf("fake: lock journal: %w", err)
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	if op == "revoke" {
+		if rec, err := c.get(grantID); err != nil {
+			return false, err
+		} else if rec == nil {
+			return false, nil
+		}
+	}
+	done, err := journalHas(f, op, grantID)
+	if err != nil {
+		return false, err
+	}
+	if !done {
+		if err := c.writeJournal(op, grantID); err != nil {
+			return false, err
+		}
+	}
+	return change()
+}
+
+// journalHas reports whether the journal records op for grantID's current
+// life: any "grant" entry, or a "revoke" after its last "grant".
+func journalHas(f *os.File, op, grantID string) (bool, error) {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return false, fmt.Errorf("fake: read journal: %w", err)
+	}
+	granted, revoked := false, false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var e JournalEntry
+		if json.Unmarshal(sc.Bytes(), &e) != nil || e.GrantID != grantID {
+			continue
+		}
+		switch e.Op {
+		case "grant":
+			granted, revoked = true, false
+		case "revoke":
+			revoked = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return false, fmt.Errorf("fake: read journal: %w", err)
+	}
+	if op == "grant" {
+		return granted, nil
+	}
+	return revoked, nil
+}
+
 func (c *Conn) writeJournal(op, grantID string) error {
 	if c.opts.Journal == "" {
 		return nil
@@ -809,14 +888,8 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 		ExpiresAt:   req.ExpiresAt,
 		CreatedAt:   now,
 	}
-	created, err := c.put(rec)
-	if err != nil {
+	if _, err := c.journaled("grant", req.GrantID, func() (bool, error) { return c.put(rec) }); err != nil {
 		return nil, err
-	}
-	if created {
-		if err := c.writeJournal("grant", req.GrantID); err != nil {
-			return nil, err
-		}
 	}
 	st, err := json.Marshal(state{User: user})
 	if err != nil {
@@ -850,16 +923,13 @@ func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*conne
 		// What a broken target does: acknowledge and do nothing.
 		return &connector.RevokeResponse{Actions: []string{"dropped user " + user}}, nil
 	}
-	removed, err := c.remove(req.GrantID)
+	removed, err := c.journaled("revoke", req.GrantID, func() (bool, error) { return c.remove(req.GrantID) })
 	if err != nil {
 		return nil, err
 	}
 	killed := c.killSessions(req.GrantID)
 	resp := &connector.RevokeResponse{}
 	if removed {
-		if err := c.writeJournal("revoke", req.GrantID); err != nil {
-			return nil, err
-		}
 		resp.Actions = append(resp.Actions, "dropped user "+user)
 	} else {
 		resp.Actions = append(resp.Actions, "user "+user+" was already absent")
