@@ -603,33 +603,49 @@ func (v *validator) workload(r *rawWorkload, rel func(string) string) Workload {
 		w.Issuers[i].CAFile = rel(w.Issuers[i].CAFile)
 	}
 	for _, err := range workload.ValidateAll(w.Issuers) {
-		v.errs = append(v.errs, workloadError(v.file, v.root, err))
+		v.errs = append(v.errs, workloadIssuers.at(v.file, v.root, err))
 	}
 	return w
 }
 
-// workloadError positions an *workload.IssuerError at its issuer's field.
-func workloadError(file string, root ast.Node, err error) *Error {
-	steps := []step{"workload", "issuers"}
-	var ie *workload.IssuerError
-	if errors.As(err, &ie) {
-		steps = append(steps, ie.Index)
-		if f := lapse.ErrorField(ie.Err); f != "" {
+// workloadIssuers positions the errors of the workload verifier's issuers.
+var workloadIssuers = issuerList[*workload.IssuerError]{"workload", func(ie *workload.IssuerError) (int, error) { return ie.Index, ie.Err }}
+
+// WorkloadError positions an error of building the workload verifier (a
+// key file that cannot be read, a bad CA file) at the issuer's field.
+func (c *Config) WorkloadError(err error) error { return workloadIssuers.positioned(c, err) }
+
+// issuerList positions the errors of a verifier's list of issuers. Both
+// verifiers (workload and OIDC) wrap a problem in an IssuerError type of
+// their own, E, whose parts are the issuer's index and the cause, naming
+// the option.
+type issuerList[E error] struct {
+	section string // the configuration's key: workload, oidc
+	parts   func(E) (index int, cause error)
+}
+
+// at positions err at its issuer's field, or at the list when it is no E.
+func (l issuerList[E]) at(file string, root ast.Node, err error) *Error {
+	steps := []step{l.section, "issuers"}
+	if ie, ok := errors.AsType[E](err); ok {
+		i, cause := l.parts(ie)
+		steps = append(steps, i)
+		if f := lapse.ErrorField(cause); f != "" {
 			steps = append(steps, fieldSteps(f)...)
 		}
-		err = ie.Err
+		err = cause
 	}
 	return errorAt(file, root, steps, err)
 }
 
-// WorkloadError positions an error of building the workload verifier (a
-// key file that cannot be read, a bad CA file) at the issuer's field.
-func (c *Config) WorkloadError(err error) error {
+// positioned positions an error of building the verifier, unless it is
+// nil or positioned already.
+func (l issuerList[E]) positioned(c *Config, err error) error {
 	var ce *Error
 	if err == nil || errors.As(err, &ce) {
 		return err
 	}
-	return workloadError(c.File, c.root, err)
+	return l.at(c.File, c.root, err)
 }
 
 // entitlement validates one catalog entry; it returns nil if the entry is

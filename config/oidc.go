@@ -1,10 +1,6 @@
 package config
 
 import (
-	"errors"
-
-	"github.com/goccy/go-yaml/ast"
-
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/authn/oidc"
 )
@@ -73,31 +69,14 @@ func (v *validator) oidc(r *rawOIDC, rel func(string) string) OIDC {
 		o.Issuers = append(o.Issuers, c)
 	}
 	for _, err := range oidc.ValidateAll(o.Issuers) {
-		v.errs = append(v.errs, oidcError(v.file, v.root, err))
+		v.errs = append(v.errs, oidcIssuers.at(v.file, v.root, err))
 	}
 	return o
 }
 
-// oidcError positions an *oidc.IssuerError at its issuer's field.
-func oidcError(file string, root ast.Node, err error) *Error {
-	steps := []step{"oidc", "issuers"}
-	var ie *oidc.IssuerError
-	if errors.As(err, &ie) {
-		steps = append(steps, ie.Index)
-		if f := lapse.ErrorField(ie.Err); f != "" {
-			steps = append(steps, fieldSteps(f)...)
-		}
-		err = ie.Err
-	}
-	return errorAt(file, root, steps, err)
-}
+// oidcIssuers positions the errors of the OIDC verifier's issuers.
+var oidcIssuers = issuerList[*oidc.IssuerError]{"oidc", func(ie *oidc.IssuerError) (int, error) { return ie.Index, ie.Err }}
 
 // OIDCError positions an error of building the OIDC verifier (a CA file
 // that cannot be read) at the issuer's field.
-func (c *Config) OIDCError(err error) error {
-	var ce *Error
-	if err == nil || errors.As(err, &ce) {
-		return err
-	}
-	return oidcError(c.File, c.root, err)
-}
+func (c *Config) OIDCError(err error) error { return oidcIssuers.positioned(c, err) }

@@ -2,17 +2,16 @@ package oidc
 
 import (
 	"fmt"
-	"net"
-	"net/url"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/authn/internal/jwks"
+	"github.com/lapsehq/lapse/authn/internal/validate"
 )
 
 // Defaults and bounds of an issuer's configuration.
@@ -54,14 +53,8 @@ const (
 // client secret, or for a confused verifier, the public key) could sign.
 var DefaultAlgorithms = []string{string(jose.RS256), string(jose.ES256), string(jose.EdDSA)}
 
-// allowedAlgorithms are every algorithm an issuer may list: asymmetric
-// signatures only.
-var allowedAlgorithms = []string{
-	string(jose.EdDSA),
-	string(jose.ES256), string(jose.ES384), string(jose.ES512),
-	string(jose.RS256), string(jose.RS384), string(jose.RS512),
-	string(jose.PS256), string(jose.PS384), string(jose.PS512),
-}
+// exampleURL is the issuer URL that messages about a bad URL show.
+const exampleURL = "https://login.example.com"
 
 // DefaultScopes are the credential scopes every person signed in through
 // an issuer gets when the issuer does not list its own: see what they may
@@ -166,53 +159,24 @@ func (c *IssuerConfig) scopes() []string {
 	return c.Scopes
 }
 
-var (
-	nameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
-	claimRE = regexp.MustCompile(`^[A-Za-z0-9_.:/-]{1,128}$`)
-)
+var claimRE = regexp.MustCompile(`^[A-Za-z0-9_.:/-]{1,128}$`)
 
 // Validate checks one issuer on its own: shapes, allow-lists and scope
 // rules. Every problem is a *lapse.Error (EINVALID) whose Field names the
 // option ("audiences[1]", "scope_rules[0].group"). Nothing is read or
 // fetched.
 func (c *IssuerConfig) Validate() []error {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, lapse.FieldErrorf(lapse.EINVALID, field, format, args...))
-	}
-	if c.Name == "" {
-		bad("name", "required: a short name for logs, errors and principal IDs, like corp")
-	} else if !nameRE.MatchString(c.Name) {
-		bad("name", "issuer names are lowercase letters, digits, - and _ (at most 64)")
-	}
+	var errs validate.Errors
+	bad := errs.Add
+	errs.Name(c.Name, "required: a short name for logs, errors and principal IDs, like corp")
 	if c.Issuer == "" {
 		bad("issuer", "required: the exact iss of the ID tokens, like https://login.example.com")
-	} else if msg := checkIssuerURL(c.Issuer); msg != "" {
+	} else if msg := jwks.CheckIssuerURL(c.Issuer, exampleURL); msg != "" {
 		bad("issuer", "%s", msg)
 	}
 
-	if len(c.Audiences) == 0 {
-		bad("audiences", "required: the client IDs whose ID tokens Lapse accepts (a token for another application is not for Lapse)")
-	}
-	if len(c.Audiences) > MaxAudiences {
-		bad("audiences", "at most %d audiences", MaxAudiences)
-	}
-	for i, a := range c.Audiences {
-		switch {
-		case strings.TrimSpace(a) == "" || a != strings.TrimSpace(a):
-			bad(indexed("audiences", i), "an audience must be a non-empty string without surrounding space")
-		case slices.Index(c.Audiences, a) != i:
-			bad(indexed("audiences", i), "audience %q is listed twice", a)
-		}
-	}
-	for i, a := range c.Algorithms {
-		switch {
-		case !slices.Contains(allowedAlgorithms, a):
-			bad(indexed("algorithms", i), "algorithm %q is not accepted: use asymmetric signatures only (%s)", a, strings.Join(allowedAlgorithms, ", "))
-		case slices.Index(c.Algorithms, a) != i:
-			bad(indexed("algorithms", i), "algorithm %q is listed twice", a)
-		}
-	}
+	errs.Audiences(c.Audiences, MaxAudiences, "required: the client IDs whose ID tokens Lapse accepts (a token for another application is not for Lapse)")
+	errs.Algorithms(c.Algorithms)
 	if c.ClockSkew < 0 || c.ClockSkew > MaxClockSkew {
 		bad("clock_skew", "must be at most %s", MaxClockSkew)
 	}
@@ -248,9 +212,9 @@ func (c *IssuerConfig) Validate() []error {
 		for i, s := range list {
 			switch {
 			case !slices.Contains(lapse.AllScopes, s):
-				bad(indexed(field, i), "unknown scope %q (known: %s)", s, strings.Join(lapse.AllScopes, ", "))
+				bad(validate.Indexed(field, i), "unknown scope %q (known: %s)", s, strings.Join(lapse.AllScopes, ", "))
 			case slices.Index(list, s) != i:
-				bad(indexed(field, i), "scope %q is listed twice", s)
+				bad(validate.Indexed(field, i), "scope %q is listed twice", s)
 			}
 		}
 	}
@@ -259,7 +223,7 @@ func (c *IssuerConfig) Validate() []error {
 		bad("scope_rules", "at most %d rules", MaxScopeRules)
 	}
 	for i, r := range c.ScopeRules {
-		at := indexed("scope_rules", i)
+		at := validate.Indexed("scope_rules", i)
 		if g, err := lapse.NormalizeID(r.Group); err != nil {
 			bad(at+".group", "required: a group name as Lapse sees it (after groups_prefix)")
 		} else if g != r.Group {
@@ -287,63 +251,10 @@ func (e *IssuerError) Unwrap() error { return e.Err }
 // ValidateAll validates every issuer and what they must not share: names
 // and issuer URLs. Errors are *IssuerError values.
 func ValidateAll(issuers []IssuerConfig) []error {
-	var errs []error
-	names, isss := map[string]int{}, map[string]int{}
-	for i := range issuers {
-		c := &issuers[i]
-		for _, err := range c.Validate() {
-			errs = append(errs, &IssuerError{Index: i, Err: err})
+	return validate.All(issuers, (*IssuerConfig).Validate, func(c *IssuerConfig) []validate.Unique {
+		return []validate.Unique{
+			{Field: "name", What: "this name", Value: c.Name},
+			{Field: "issuer", What: "this issuer", Value: c.Issuer},
 		}
-		dup := func(seen map[string]int, key, field, what string) {
-			if key == "" {
-				return
-			}
-			if j, ok := seen[key]; ok {
-				errs = append(errs, &IssuerError{Index: i, Err: lapse.FieldErrorf(lapse.EINVALID, field, "%s is already used by issuer %d", what, j)})
-				return
-			}
-			seen[key] = i
-		}
-		dup(names, c.Name, "name", "this name")
-		dup(isss, c.Issuer, "issuer", "this issuer")
-	}
-	return errs
-}
-
-func indexed(field string, i int) string {
-	return field + "[" + strconv.Itoa(i) + "]"
-}
-
-// checkIssuerURL says what is wrong with an issuer identifier, or "".
-func checkIssuerURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return "not an issuer URL like https://login.example.com (no query, fragment or user)"
-	}
-	if u.Scheme != "https" && !(u.Scheme == "http" && loopback(u.Hostname())) {
-		// Discovery and keys fetched in clear could be replaced by anyone
-		// on the path, and whoever holds the keys signs people in.
-		return "an issuer must be https (http only on a loopback address, for tests)"
-	}
-	return ""
-}
-
-// checkFetchURL says what is wrong with a URL keys are fetched from, or "".
-func checkFetchURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.Fragment != "" || u.User != nil {
-		return "not a URL like https://login.example.com/keys"
-	}
-	if u.Scheme != "https" && !(u.Scheme == "http" && loopback(u.Hostname())) {
-		return "keys are fetched over https only (http only on a loopback address, for tests)"
-	}
-	return ""
-}
-
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	}, func(i int, err error) error { return &IssuerError{Index: i, Err: err} })
 }

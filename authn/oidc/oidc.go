@@ -11,12 +11,9 @@
 package oidc
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +27,7 @@ import (
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/authn/internal/jwks"
 )
 
 // MaxTokenLength bounds an ID token. They are 1–2 KiB, more with many
@@ -64,7 +62,7 @@ type issuer struct {
 	cfg   IssuerConfig
 	algs  []string
 	skew  time.Duration
-	keys  *keyCache
+	keys  *jwks.Cache
 	rules []ScopeRule
 }
 
@@ -82,39 +80,26 @@ type Verifier struct {
 // Errors are *lapse.Error values whose Field names the option, wrapped in
 // an *IssuerError with the issuer's index.
 func New(issuers []IssuerConfig, opts Options) (*Verifier, error) {
-	if opts.Clock == nil {
-		opts.Clock = lapse.SystemClock{}
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.KeyMaxAge <= 0 {
-		opts.KeyMaxAge = DefaultKeyMaxAge
-	}
-	if opts.KeyMinRefresh <= 0 {
-		opts.KeyMinRefresh = DefaultKeyMinRefresh
-	}
+	ko := jwks.Options{Clock: opts.Clock, Logger: opts.Logger, MaxAge: opts.KeyMaxAge, MinRefresh: opts.KeyMinRefresh}.WithDefaults()
 	if errs := ValidateAll(issuers); len(errs) > 0 {
 		return nil, errs[0]
 	}
-	v := &Verifier{byIssuer: map[string]*issuer{}, clock: opts.Clock, log: opts.Logger}
+	v := &Verifier{byIssuer: map[string]*issuer{}, clock: ko.Clock, log: ko.Logger}
 	for i := range issuers {
 		c := issuers[i]
 		client := opts.HTTPClient
 		if client == nil {
 			var err error
-			if client, err = newHTTPClient(c.CAFile); err != nil {
+			if client, err = keysFlavor.NewHTTPClient(c.CAFile); err != nil {
 				return nil, &IssuerError{Index: i, Err: lapse.FieldErrorf(lapse.EINVALID, "ca_file", "%v", err)}
 			}
 		}
+		d := &jwks.Discovery{Flavor: keysFlavor, Issuer: c.Issuer, Client: client}
 		v.byIssuer[c.Issuer] = &issuer{
-			cfg:  c,
-			algs: c.algorithms(),
-			skew: c.clockSkew(),
-			keys: &keyCache{
-				name: c.Name, issuer: c.Issuer, client: client, clock: opts.Clock, log: opts.Logger,
-				maxAge: opts.KeyMaxAge, minRefresh: opts.KeyMinRefresh,
-			},
+			cfg:   c,
+			algs:  c.algorithms(),
+			skew:  c.clockSkew(),
+			keys:  &jwks.Cache{Name: c.Name, Flavor: keysFlavor, Fetch: d.Fetch, Options: ko},
 			rules: c.ScopeRules,
 		}
 	}
@@ -162,11 +147,6 @@ func refusal(reason string, cause error) error {
 	return &lapse.Error{Code: lapse.EUNAUTHORIZED, Reason: reason, Message: reasonMessages[reason], Err: cause}
 }
 
-// forbiddenHeaders name keys or key locations, or extensions Lapse does
-// not implement: honouring them is how "attacker-supplied key" attacks
-// work, and ignoring them silently would hide an attack from the logs.
-var forbiddenHeaders = []string{"jku", "x5u", "x5c", "jwk", "crit"}
-
 // Authenticate verifies an ID token and returns its person. Returns
 // EUNAUTHORIZED (with a reason saying which check failed) for every bad
 // token, and EUNAVAILABLE when the issuer's keys cannot be had now.
@@ -191,14 +171,12 @@ func (v *Verifier) authenticate(ctx context.Context, token string) (*lapse.Princ
 	if len(parts) != 3 || parts[2] == "" {
 		return nil, refusal(ReasonMalformed, errors.New("not three dot-separated parts with a signature"))
 	}
-	header, err := decodeSegment(parts[0])
+	header, err := jwks.DecodeSegment(parts[0], false)
 	if err != nil {
 		return nil, refusal(ReasonMalformed, fmt.Errorf("header: %w", err))
 	}
-	for _, h := range forbiddenHeaders {
-		if _, ok := header[h]; ok {
-			return nil, refusal(ReasonKeyHeader, fmt.Errorf("header %s present", h))
-		}
+	if h, ok := jwks.KeyHeader(header); ok {
+		return nil, refusal(ReasonKeyHeader, fmt.Errorf("header %s present", h))
 	}
 	if typ, _ := header["typ"].(string); strings.EqualFold(typ, "at+jwt") || strings.EqualFold(typ, "application/at+jwt") {
 		// RFC 9068 access tokens can carry the client ID as aud too;
@@ -213,7 +191,7 @@ func (v *Verifier) authenticate(ctx context.Context, token string) (*lapse.Princ
 
 	// The issuer is chosen from the unverified payload: its keys are what
 	// verifies the rest. Nothing else from it is used before that.
-	unverified, err := decodeSegment(parts[1])
+	unverified, err := jwks.DecodeSegment(parts[1], false)
 	if err != nil {
 		return nil, refusal(ReasonMalformed, fmt.Errorf("payload: %w", err))
 	}
@@ -226,17 +204,11 @@ func (v *Verifier) authenticate(ctx context.Context, token string) (*lapse.Princ
 		return nil, refusal(ReasonAlgorithm, fmt.Errorf("issuer %s: alg %s not in the allow-list", is.cfg.Name, alg))
 	}
 
-	keys, err := is.keys.keys(ctx, false)
+	// A kid the cached keys lack is a key rotation: the cache fetches
+	// again (and bounds how often).
+	cands, err := is.keys.Candidates(ctx, kid, alg)
 	if err != nil {
 		return nil, err
-	}
-	cands := candidateKeys(keys, kid, alg)
-	if len(cands) == 0 {
-		// A key rotation: fetch again (the cache bounds how often).
-		if keys, err = is.keys.keys(ctx, true); err != nil {
-			return nil, err
-		}
-		cands = candidateKeys(keys, kid, alg)
 	}
 	if len(cands) == 0 {
 		return nil, refusal(ReasonUnknownKey, fmt.Errorf("issuer %s: no key for kid %q", is.cfg.Name, kid))
@@ -471,21 +443,4 @@ func credentialID(c *IssuerConfig, claims map[string]any, token string) string {
 		h.Write([]byte("token\x00" + token))
 	}
 	return "oidc:" + c.Name + ":" + hex.EncodeToString(h.Sum(nil)[:12])
-}
-
-// decodeSegment decodes one base64url segment holding a JSON object.
-func decodeSegment(seg string) (map[string]any, error) {
-	b, err := base64.RawURLEncoding.DecodeString(seg)
-	if err != nil {
-		return nil, errors.New("not base64url without padding")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil || m == nil {
-		return nil, errors.New("not a JSON object")
-	}
-	if dec.More() {
-		return nil, errors.New("data after the JSON object")
-	}
-	return m, nil
 }

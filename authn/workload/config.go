@@ -1,17 +1,14 @@
 package workload
 
 import (
-	"net"
-	"net/url"
 	"regexp"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/authn/internal/jwks"
+	"github.com/lapsehq/lapse/authn/internal/validate"
 )
 
 // Defaults and bounds of an issuer's configuration.
@@ -32,15 +29,8 @@ const (
 // sign with. HMAC and "none" are never accepted, whatever the list says.
 var DefaultAlgorithms = []string{string(jose.EdDSA), string(jose.ES256), string(jose.RS256)}
 
-// allowedAlgorithms are every algorithm an issuer may list: asymmetric
-// signatures only. HS256/384/512 would let anyone who knows the public key
-// (everyone) sign, and "none" is no signature at all.
-var allowedAlgorithms = []string{
-	string(jose.EdDSA),
-	string(jose.ES256), string(jose.ES384), string(jose.ES512),
-	string(jose.RS256), string(jose.RS384), string(jose.RS512),
-	string(jose.PS256), string(jose.PS384), string(jose.PS512),
-}
+// exampleURL is the issuer URL that messages about a bad URL show.
+const exampleURL = "https://issuer.example.com"
 
 // IssuerConfig is one trusted issuer of workload tokens, as configured
 // (docs/machine-lane.md). Exactly one key source is set: Discovery (OIDC
@@ -146,30 +136,21 @@ func (c *IssuerConfig) algorithms() []jose.SignatureAlgorithm {
 	return out
 }
 
-var (
-	nameRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
-	trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]{1,255}$`)
-)
+var trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]{1,255}$`)
 
 // Validate checks one issuer on its own: shapes, allow-lists and the CEL
 // mapping, which is compiled and type-checked here so a mistake fails at
 // start. Every problem is a *lapse.Error (EINVALID) whose Field names the
 // option ("audiences[1]", "principal"). Nothing is read or fetched.
 func (c *IssuerConfig) Validate() []error {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, lapse.FieldErrorf(lapse.EINVALID, field, format, args...))
-	}
-	if c.Name == "" {
-		bad("name", "required: a short name for logs and errors, like k8s-prod")
-	} else if !nameRE.MatchString(c.Name) {
-		bad("name", "issuer names are lowercase letters, digits, - and _ (at most 64)")
-	}
+	var errs validate.Errors
+	bad := errs.Add
+	errs.Name(c.Name, "required: a short name for logs and errors, like k8s-prod")
 
 	if c.Issuer == "" && c.SPIFFETrustDomain == "" {
 		bad("issuer", "required: the exact iss claim of the tokens (optional only with spiffe_trust_domain)")
 	} else if c.Issuer != "" {
-		if msg := checkIssuerURL(c.Issuer); msg != "" {
+		if msg := jwks.CheckIssuerURL(c.Issuer, exampleURL); msg != "" {
 			bad("issuer", "%s", msg)
 		}
 	}
@@ -193,7 +174,7 @@ func (c *IssuerConfig) Validate() []error {
 		bad("discovery", "discovery needs issuer")
 	}
 	if c.JWKSURL != "" {
-		if msg := checkFetchURL(c.JWKSURL); msg != "" {
+		if msg := jwks.CheckFetchURL(c.JWKSURL, exampleURL); msg != "" {
 			bad("jwks_url", "%s", msg)
 		}
 	}
@@ -201,29 +182,8 @@ func (c *IssuerConfig) Validate() []error {
 		bad("ca_file", "ca_file is for fetching keys over HTTPS; it has no use with jwks_file")
 	}
 
-	if len(c.Audiences) == 0 {
-		bad("audiences", "required: the aud values Lapse accepts (a token for another audience is not for Lapse)")
-	}
-	if len(c.Audiences) > MaxAudiences {
-		bad("audiences", "at most %d audiences", MaxAudiences)
-	}
-	for i, a := range c.Audiences {
-		switch {
-		case strings.TrimSpace(a) == "" || a != strings.TrimSpace(a):
-			bad(indexed("audiences", i), "an audience must be a non-empty string without surrounding space")
-		case slices.Index(c.Audiences, a) != i:
-			bad(indexed("audiences", i), "audience %q is listed twice", a)
-		}
-	}
-
-	for i, a := range c.Algorithms {
-		switch {
-		case !slices.Contains(allowedAlgorithms, a):
-			bad(indexed("algorithms", i), "algorithm %q is not accepted: use asymmetric signatures only (%s)", a, strings.Join(allowedAlgorithms, ", "))
-		case slices.Index(c.Algorithms, a) != i:
-			bad(indexed("algorithms", i), "algorithm %q is listed twice", a)
-		}
-	}
+	errs.Audiences(c.Audiences, MaxAudiences, "required: the aud values Lapse accepts (a token for another audience is not for Lapse)")
+	errs.Algorithms(c.Algorithms)
 	if c.Leeway != nil && time.Duration(*c.Leeway) > MaxLeeway {
 		bad("leeway", "must be at most %s", MaxLeeway)
 	}
@@ -235,43 +195,4 @@ func (c *IssuerConfig) Validate() []error {
 		errs = append(errs, err...)
 	}
 	return errs
-}
-
-func indexed(field string, i int) string {
-	return field + "[" + strconv.Itoa(i) + "]"
-}
-
-// checkIssuerURL says what is wrong with an issuer identifier, or "".
-func checkIssuerURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return "not an issuer URL like https://issuer.example.com (no query, fragment or user)"
-	}
-	if u.Scheme != "https" && !(u.Scheme == "http" && loopback(u.Hostname())) {
-		return "an issuer must be https (http only on a loopback address, for tests)"
-	}
-	return ""
-}
-
-// checkFetchURL says what is wrong with a URL Lapse fetches keys from, or "".
-func checkFetchURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.Fragment != "" || u.User != nil {
-		return "not a URL like https://issuer.example.com/keys"
-	}
-	if u.Scheme != "https" && !(u.Scheme == "http" && loopback(u.Hostname())) {
-		// Keys fetched in clear could be replaced by anyone on the path,
-		// and whoever holds the keys mints identities.
-		return "keys are fetched over https only (http only on a loopback address, for tests)"
-	}
-	return ""
-}
-
-// loopback reports whether host is a loopback name or address.
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

@@ -14,7 +14,6 @@ package workload
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +28,8 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/authn/internal/jwks"
+	"github.com/lapsehq/lapse/authn/internal/validate"
 )
 
 // MaxTokenLength bounds a subject token. Platform tokens are 1–2 KiB; the
@@ -56,7 +57,7 @@ type issuer struct {
 	cfg     IssuerConfig
 	algs    []jose.SignatureAlgorithm
 	leeway  time.Duration
-	keys    keySource
+	keys    *jwks.Cache
 	mapping *mapping
 }
 
@@ -74,19 +75,8 @@ type Verifier struct {
 // *lapse.Error values whose Field names the option, wrapped with the
 // issuer's index: use IssuerIndex to find it.
 func New(issuers []IssuerConfig, opts Options) (*Verifier, error) {
-	if opts.Clock == nil {
-		opts.Clock = lapse.SystemClock{}
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.KeyMaxAge <= 0 {
-		opts.KeyMaxAge = DefaultKeyMaxAge
-	}
-	if opts.KeyMinRefresh <= 0 {
-		opts.KeyMinRefresh = DefaultKeyMinRefresh
-	}
-	v := &Verifier{byIssuer: map[string]*issuer{}, byTrustDomain: map[string]*issuer{}, clock: opts.Clock, log: opts.Logger}
+	ko := jwks.Options{Clock: opts.Clock, Logger: opts.Logger, MaxAge: opts.KeyMaxAge, MinRefresh: opts.KeyMinRefresh}.WithDefaults()
+	v := &Verifier{byIssuer: map[string]*issuer{}, byTrustDomain: map[string]*issuer{}, clock: ko.Clock, log: ko.Logger}
 	if errs := ValidateAll(issuers); len(errs) > 0 {
 		return nil, errs[0]
 	}
@@ -96,7 +86,7 @@ func New(issuers []IssuerConfig, opts Options) (*Verifier, error) {
 		if len(errs) > 0 {
 			return nil, &IssuerError{Index: i, Err: errs[0]}
 		}
-		ks, err := newKeySource(&c, &opts)
+		ks, err := newKeySource(&c, ko, opts.HTTPClient)
 		if err != nil {
 			return nil, &IssuerError{Index: i, Err: err}
 		}
@@ -125,28 +115,13 @@ func (e *IssuerError) Unwrap() error { return e.Err }
 // ValidateAll validates every issuer and what they must not share: names,
 // issuer values and trust domains. Errors are *IssuerError values.
 func ValidateAll(issuers []IssuerConfig) []error {
-	var errs []error
-	names, isss, tds := map[string]int{}, map[string]int{}, map[string]int{}
-	for i := range issuers {
-		c := &issuers[i]
-		for _, err := range c.Validate() {
-			errs = append(errs, &IssuerError{Index: i, Err: err})
+	return validate.All(issuers, (*IssuerConfig).Validate, func(c *IssuerConfig) []validate.Unique {
+		return []validate.Unique{
+			{Field: "name", What: "this name", Value: c.Name},
+			{Field: "issuer", What: "this issuer", Value: c.Issuer},
+			{Field: "spiffe_trust_domain", What: "this trust domain", Value: c.SPIFFETrustDomain},
 		}
-		dup := func(seen map[string]int, key, field, what string) {
-			if key == "" {
-				return
-			}
-			if j, ok := seen[key]; ok {
-				errs = append(errs, &IssuerError{Index: i, Err: lapse.FieldErrorf(lapse.EINVALID, field, "%s is already used by issuer %d", what, j)})
-				return
-			}
-			seen[key] = i
-		}
-		dup(names, c.Name, "name", "this name")
-		dup(isss, c.Issuer, "issuer", "this issuer")
-		dup(tds, c.SPIFFETrustDomain, "spiffe_trust_domain", "this trust domain")
-	}
-	return errs
+	}, func(i int, err error) error { return &IssuerError{Index: i, Err: err} })
 }
 
 // Reasons refine EUNAUTHORIZED for a refused token: which check failed.
@@ -190,14 +165,6 @@ func refusal(reason string, cause error) error {
 	return &lapse.Error{Code: lapse.EUNAUTHORIZED, Reason: reason, Message: reasonMessages[reason], Err: cause}
 }
 
-// forbiddenHeaders name keys or key locations, or extensions Lapse does
-// not implement. A token carrying any of them is refused before anything
-// else is looked at: honouring them is how "alg confusion" and
-// "attacker-supplied key" attacks work, and ignoring them silently would
-// hide an attack from the logs. (x5t, a thumbprint, names nothing to
-// fetch; GitHub's tokens carry it.)
-var forbiddenHeaders = []string{"jku", "x5u", "x5c", "jwk", "crit"}
-
 // Authenticate verifies a workload token and returns its service
 // principal. Returns EUNAUTHORIZED (with a safe message saying which check
 // failed) for every bad token, and EUNAVAILABLE when the issuer's keys
@@ -210,14 +177,12 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (*lapse.Princ
 	if len(parts) != 3 {
 		return nil, refusal(ReasonMalformed, errors.New("not three dot-separated parts"))
 	}
-	header, err := decodeSegment(parts[0])
+	header, err := jwks.DecodeSegment(parts[0], true)
 	if err != nil {
 		return nil, refusal(ReasonMalformed, fmt.Errorf("header: %w", err))
 	}
-	for _, h := range forbiddenHeaders {
-		if _, ok := header[h]; ok {
-			return nil, refusal(ReasonKeyHeader, fmt.Errorf("header %s present", h))
-		}
+	if h, ok := jwks.KeyHeader(header); ok {
+		return nil, refusal(ReasonKeyHeader, fmt.Errorf("header %s present", h))
 	}
 	alg, _ := header["alg"].(string)
 	if alg == "" || alg == "none" || strings.HasPrefix(alg, "HS") {
@@ -229,7 +194,7 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (*lapse.Princ
 
 	// The issuer is chosen from the unverified payload: its keys are what
 	// verifies the rest. Nothing else from it is used before that.
-	unverified, err := decodeSegment(parts[1])
+	unverified, err := jwks.DecodeSegment(parts[1], true)
 	if err != nil {
 		return nil, refusal(ReasonMalformed, fmt.Errorf("payload: %w", err))
 	}
@@ -249,24 +214,6 @@ func (v *Verifier) Authenticate(ctx context.Context, token string) (*lapse.Princ
 		return nil, err
 	}
 	return v.checkClaims(is, payload)
-}
-
-// decodeSegment decodes one base64url segment holding a JSON object.
-func decodeSegment(seg string) (map[string]any, error) {
-	b, err := base64.RawURLEncoding.DecodeString(seg)
-	if err != nil {
-		return nil, errors.New("not base64url without padding")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil || m == nil {
-		return nil, errors.New("not a JSON object")
-	}
-	if dec.More() {
-		return nil, errors.New("data after the JSON object")
-	}
-	return m, nil
 }
 
 // route picks the issuer of a token: by its iss claim, or, for a JWT-SVID
@@ -295,34 +242,9 @@ func (v *Verifier) route(claims map[string]any) (*issuer, error) {
 // the signature. A key whose JWK names an alg verifies only that alg.
 func (v *Verifier) verifySignature(ctx context.Context, is *issuer, jws *jose.JSONWebSignature) ([]byte, error) {
 	h := jws.Signatures[0].Header
-	find := func(keys []jose.JSONWebKey) []jose.JSONWebKey {
-		var out []jose.JSONWebKey
-		for _, k := range keys {
-			if k.Algorithm != "" && k.Algorithm != h.Algorithm {
-				continue
-			}
-			if h.KeyID == "" || k.KeyID == h.KeyID {
-				out = append(out, k)
-			}
-		}
-		// Without a kid only a set of exactly one usable key is
-		// unambiguous; trying every key would turn one token into many
-		// signature checks.
-		if h.KeyID == "" && len(out) != 1 {
-			return nil
-		}
-		return out
-	}
-	keys, err := is.keys.keys(ctx, false)
+	cands, err := is.keys.Candidates(ctx, h.KeyID, h.Algorithm)
 	if err != nil {
 		return nil, err
-	}
-	cands := find(keys)
-	if len(cands) == 0 {
-		if keys, err = is.keys.keys(ctx, true); err != nil {
-			return nil, err
-		}
-		cands = find(keys)
 	}
 	if len(cands) == 0 {
 		return nil, refusal(ReasonUnknownKey, fmt.Errorf("issuer %s: no key for kid %q", is.cfg.Name, h.KeyID))
