@@ -131,8 +131,12 @@ func SameHuman(a, b string) bool {
 
 // HumanKey is the key under which a normalised principal ID counts as one
 // human: its confusable skeleton. Two IDs with the same key are the same
-// person for every approval rule.
-func HumanKey(id string) string { return confusables.Skeleton(id) }
+// person for every approval rule. IDs are lower-cased, but the UTS #39
+// tables map some characters to an upper-case prototype (the digit 0 to
+// O): the skeleton is lower-cased and taken again, so that "b0b" is "bob".
+func HumanKey(id string) string {
+	return confusables.Skeleton(strings.ToLower(confusables.Skeleton(id)))
+}
 
 // invisible reports characters that render as nothing, so that "alice"
 // with one of them inside reads as "alice" but is another string: format

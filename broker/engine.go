@@ -353,6 +353,8 @@ func (e *engine) recheck(ctx context.Context, tx lapse.Tx, g *lapse.Grant, now t
 		}
 		r = nil
 	}
+	// The cancellation records the version of the policy that refused.
+	c := e.b.catalog.Load()
 	var reason string
 	switch {
 	case r == nil:
@@ -362,7 +364,7 @@ func (e *engine) recheck(ctx context.Context, tx lapse.Tx, g *lapse.Grant, now t
 	case r.Hash != g.RequestHash || r.ComputeHash() != r.Hash:
 		reason = "the grant's request does not match the hash it was approved under"
 	default:
-		if err := e.b.policy().Recheck(r, now); err != nil {
+		if err := c.policy.Recheck(r, now); err != nil {
 			reason = lapse.ErrorMessage(err)
 		}
 	}
@@ -377,6 +379,7 @@ func (e *engine) recheck(ctx context.Context, tx lapse.Tx, g *lapse.Grant, now t
 		return false, err
 	}
 	ev := e.b.grantEvent(context.Background(), lapse.EventGrantCancelled, g, "not_provisioned", map[string]any{"reason": reason})
+	ev.PolicyVersion = c.version
 	if err := tx.AppendEvent(ctx, ev); err != nil {
 		return false, err
 	}

@@ -38,7 +38,9 @@ func (b *Broker) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInpu
 	if g.Principal.ID != p.ID {
 		return nil, lapse.Errorf(lapse.ENOTFOUND, "no grant %s", id)
 	}
-	pol := b.policy()
+	// One policy decides the extension (updateUnder).
+	c := b.catalog.Load()
+	pol := c.policy
 	e := pol.Entitlement(g.Entitlement)
 	switch {
 	case e == nil:
@@ -58,11 +60,15 @@ func (b *Broker) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInpu
 	}
 	now := b.clock.Now()
 	d := in.Duration.D()
-	if err := extensionFits(e, g, d); err != nil {
+	bg, err := breakGlassGrant(ctx, b.store.GetRequest, g)
+	if err != nil {
+		return nil, err
+	}
+	if err := extensionFits(e, g, d, bg); err != nil {
 		return nil, err
 	}
 	req := lapse.RequestInput{Entitlement: e.Name, Duration: in.Duration, Reason: in.Reason}
-	dec := pol.Decide(p, &req, now)
+	dec := pol.DecideFor(p, nil, &req, policy.Filing{Channel: lapse.ChannelFrom(ctx), Extends: g.ID}, now)
 	if dec.Outcome == policy.Refused {
 		return nil, dec.Err
 	}
@@ -86,7 +92,7 @@ func (b *Broker) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInpu
 	}
 	r.Hash = r.ComputeHash()
 	var extended *lapse.Grant
-	err = b.store.Update(ctx, func(tx lapse.Tx) error {
+	err = b.updateUnder(ctx, c, func(tx lapse.Tx) error {
 		extended = nil
 		if auto {
 			r.Required, r.State, r.DecidedAt, r.GrantID = 0, lapse.RequestApproved, now, g.ID
@@ -106,7 +112,7 @@ func (b *Broker) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInpu
 			return err
 		}
 		var err error
-		extended, err = b.applyExtension(ctx, tx, r, now)
+		extended, err = b.applyExtension(ctx, tx, c, r, now)
 		return err
 	})
 	if err != nil {
@@ -120,9 +126,18 @@ func (b *Broker) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInpu
 }
 
 // extensionFits checks that g, extended by d, stays within the rule.
-func extensionFits(e *lapse.Entitlement, g *lapse.Grant, d time.Duration) error {
+// breakGlass says g was self-approved under the break-glass rule: then
+// its whole length stays within the break-glass maximum too, as the extra
+// time would be self-approved again, without the broadcast and the review
+// that a new break-glass request brings.
+func extensionFits(e *lapse.Entitlement, g *lapse.Grant, d time.Duration, breakGlass bool) error {
 	if d > e.MaxDuration.D() {
 		return lapse.FieldErrorf(lapse.EINVALID, "duration", "an extension of %s exceeds the maximum of %s for %s", lapse.Duration(d), e.MaxDuration, e.Name)
+	}
+	if breakGlass {
+		if bg := e.BreakGlass; bg == nil || g.ExpiresAt.Sub(g.StartsAt)+d > bg.MaxDuration.D() {
+			return lapse.FieldErrorf(lapse.EINVALID, "duration", "a break-glass grant of %s lasts at most its break-glass maximum; for more time, break glass again or ask for an approved grant", e.Name)
+		}
 	}
 	if total := g.ExpiresAt.Sub(g.StartsAt) + d; e.Extension == nil || total > e.Extension.MaxTotal.D() {
 		max := lapse.Duration(0)
@@ -136,8 +151,8 @@ func extensionFits(e *lapse.Entitlement, g *lapse.Grant, d time.Duration) error 
 
 // applyExtension moves the deadline of r's grant by r's duration, in tx,
 // once r is approved. The grant must still be active and the extension
-// still fit the policy in force.
-func (b *Broker) applyExtension(ctx context.Context, tx lapse.Tx, r *lapse.Request, now time.Time) (*lapse.Grant, error) {
+// still fit the policy c, the one in force.
+func (b *Broker) applyExtension(ctx context.Context, tx lapse.Tx, c *catalog, r *lapse.Request, now time.Time) (*lapse.Grant, error) {
 	g, err := tx.GetGrant(ctx, r.Extends)
 	if err != nil {
 		return nil, err
@@ -145,11 +160,15 @@ func (b *Broker) applyExtension(ctx context.Context, tx lapse.Tx, r *lapse.Reque
 	if g.State != lapse.GrantActive || !now.Before(g.ExpiresAt) {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s is no longer active; the extension does not apply", g.ID)
 	}
-	e := b.entitlement(g.Entitlement)
+	e := c.byName[g.Entitlement]
 	if e == nil {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "entitlement %s is no longer in the policy", g.Entitlement)
 	}
-	if err := extensionFits(e, g, r.Duration.D()); err != nil {
+	bg, err := breakGlassGrant(ctx, tx.GetRequest, g)
+	if err != nil {
+		return nil, err
+	}
+	if err := extensionFits(e, g, r.Duration.D(), bg); err != nil {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "%s", lapse.ErrorMessage(err))
 	}
 	old := g.ExpiresAt
@@ -195,6 +214,22 @@ func (b *Broker) extendOnTarget(ctx context.Context, g *lapse.Grant) *lapse.Gran
 		b.log.Error("could not record the target's failed extension", "grant_id", g.ID, "err", uerr)
 	}
 	return g
+}
+
+// breakGlassGrant reports whether g was made for a break-glass request,
+// read with get. A grant whose request cannot be found is not extended.
+func breakGlassGrant(ctx context.Context, get func(context.Context, string) (*lapse.Request, error), g *lapse.Grant) (bool, error) {
+	if g.RequestID == "" {
+		return false, nil
+	}
+	r, err := get(ctx, g.RequestID)
+	if lapse.ErrorCode(err) == lapse.ENOTFOUND {
+		return false, lapse.Errorf(lapse.ECONFLICT, "the request of grant %s is not in the store; it cannot be extended", g.ID)
+	}
+	if err != nil {
+		return false, storeErr("get request", err)
+	}
+	return r.BreakGlass, nil
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -155,23 +155,7 @@ func (b *Broker) end(ctx context.Context, p *lapse.Principal, id string, reason 
 			return lapse.Errorf(lapse.ENOTFOUND, "no grant %s", id)
 		}
 		out = g
-		switch g.State {
-		case lapse.GrantRevoked, lapse.GrantRevoking, lapse.GrantVerifying, lapse.GrantRevokeFailed:
-			return nil // already ending; nothing to add
-		}
-		now := b.clock.Now()
-		g.State = lapse.GrantRevoking
-		g.EndReason = reason
-		g.RevokeStartedAt = now
-		g.DueAt = now
-		if err := tx.UpdateGrant(ctx, g); err != nil {
-			return err
-		}
-		var data map[string]any
-		if note != "" {
-			data = map[string]any{"reason": note}
-		}
-		return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantRevokeStarted, g, string(reason), data))
+		return b.startEnd(ctx, tx, g, reason, note)
 	})
 	if err != nil {
 		return nil, storeErr("end grant", err)
@@ -200,6 +184,28 @@ func (b *Broker) end(ctx context.Context, p *lapse.Principal, id string, reason 
 			return g, nil
 		}
 	}
+}
+
+// startEnd writes, in tx, the intent to end g (state revoking, due now)
+// and its event, unless g is already ending.
+func (b *Broker) startEnd(ctx context.Context, tx lapse.Tx, g *lapse.Grant, reason lapse.EndReason, note string) error {
+	switch g.State {
+	case lapse.GrantRevoked, lapse.GrantRevoking, lapse.GrantVerifying, lapse.GrantRevokeFailed:
+		return nil // already ending; nothing to add
+	}
+	now := b.clock.Now()
+	g.State = lapse.GrantRevoking
+	g.EndReason = reason
+	g.RevokeStartedAt = now
+	g.DueAt = now
+	if err := tx.UpdateGrant(ctx, g); err != nil {
+		return err
+	}
+	var data map[string]any
+	if note != "" {
+		data = map[string]any{"reason": note}
+	}
+	return appendEvent(ctx, tx, b.grantEvent(ctx, lapse.EventGrantRevokeStarted, g, string(reason), data))
 }
 
 // CreateAPIKey creates a scoped key for a principal; scope admin.

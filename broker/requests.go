@@ -91,7 +91,9 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 	if len(in.Entitlement) > lapse.MaxIDLength || !entitlementName.MatchString(in.Entitlement) {
 		return nil, lapse.FieldErrorf(lapse.EINVALID, "entitlement", "not a valid entitlement name")
 	}
-	pol := b.policy()
+	// One policy decides the whole request (updateUnder).
+	c := b.catalog.Load()
+	pol := c.policy
 	e := pol.Entitlement(in.Entitlement)
 	if e == nil {
 		return nil, lapse.FieldErrorf(lapse.ENOTFOUND, "entitlement", "no entitlement named %s", in.Entitlement)
@@ -120,7 +122,7 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 	}
 	explicit := in.Duration != 0
 	now := b.clock.Now()
-	dec := pol.DecideFor(p, sponsor, &in, now)
+	dec := pol.DecideFor(p, sponsor, &in, policy.Filing{Channel: lapse.ChannelFrom(ctx)}, now)
 	if dec.Outcome == policy.Refused {
 		return nil, dec.Err
 	}
@@ -182,9 +184,12 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 			r.DecisionNote = "auto-approved by policy"
 		}
 		g = b.newGrant(r, e, now) // provisioned inline unless fenced or scheduled: inlineOrScheduled
+		// The request names its grant, as one approved by votes does:
+		// a break-glass review's rejection ends the grant it names.
+		r.GrantID = g.ID
 	}
 	fenced := false
-	err = b.store.Update(ctx, func(tx lapse.Tx) error {
+	err = b.updateUnder(ctx, c, func(tx lapse.Tx) error {
 		data := withExposure(e, map[string]any{
 			"entitlement": r.Entitlement, "duration": r.Duration.String(), "reason": r.Reason, "ticket": r.Ticket, "task_id": r.TaskID, "hash": r.Hash,
 		})
@@ -367,6 +372,11 @@ func votedBy(r *lapse.Request, id string) bool {
 // decide. An approval must count for the stage the request is in
 // (policy.MayApprove); a denial may come from any eligible approver.
 func (b *Broker) mayDecide(r *lapse.Request, p *lapse.Principal, d lapse.Decision) error {
+	return mayDecideUnder(b.policy(), r, p, d)
+}
+
+// mayDecideUnder is mayDecide under the policy pol.
+func mayDecideUnder(pol *policy.Policy, r *lapse.Request, p *lapse.Principal, d lapse.Decision) error {
 	if lapse.SameHuman(p.ID, r.Requester.ID) {
 		return lapse.Errorf(lapse.EFORBIDDEN, "you cannot decide your own request")
 	}
@@ -376,7 +386,6 @@ func (b *Broker) mayDecide(r *lapse.Request, p *lapse.Principal, d lapse.Decisio
 	if p.Kind != lapse.KindHuman {
 		return lapse.Errorf(lapse.EFORBIDDEN, "only humans approve or deny requests")
 	}
-	pol := b.policy()
 	e := pol.Entitlement(r.Entitlement)
 	if e == nil {
 		return lapse.Errorf(lapse.ECONFLICT, "entitlement %s is no longer in the catalog", r.Entitlement)
@@ -434,7 +443,14 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 		created  *lapse.Grant
 		extended *lapse.Grant
 	)
-	err = b.store.Update(ctx, func(tx lapse.Tx) error {
+	// One policy checks, counts and records the vote (updateUnder); a
+	// denial takes privilege away and is never refused for a reload.
+	c := b.catalog.Load()
+	check := c
+	if d == lapse.DecisionDeny {
+		check = nil
+	}
+	err = b.updateUnder(ctx, check, func(tx lapse.Tx) error {
 		expired, created, extended = false, nil, nil
 		r, err := tx.GetRequest(ctx, id)
 		if err != nil {
@@ -460,16 +476,16 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 		if votedBy(r, p.ID) {
 			// Before eligibility: a second vote by the same human is
 			// "already decided", whatever the stage now needs.
-			if err := b.mayDecide(r, p, lapse.DecisionDeny); err != nil {
+			if err := mayDecideUnder(c.policy, r, p, lapse.DecisionDeny); err != nil {
 				return err
 			}
 			return lapse.Errorf(lapse.ECONFLICT, "you already decided this request")
 		}
-		if err := b.mayDecide(r, p, d); err != nil {
+		if err := mayDecideUnder(c.policy, r, p, d); err != nil {
 			return err
 		}
 		if d == lapse.DecisionApprove {
-			if err := exposureRefused(b.entitlement(r.Entitlement)); err != nil {
+			if err := exposureRefused(c.byName[r.Entitlement]); err != nil {
 				return err
 			}
 			if r.Requester.Kind == lapse.KindAgent {
@@ -502,19 +518,19 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 			r.State = lapse.RequestDenied
 			r.DecidedAt = now
 			r.DecisionNote = "denied by " + p.ID
-		case passed(b.policy(), r):
+		case passed(c.policy, r):
 			r.State = lapse.RequestApproved
 			r.DecidedAt = now
 			r.DecisionNote = "every approval stage passed"
 			if r.Extends != "" {
 				// An extension moves the deadline of the grant it extends.
-				if extended, err = b.applyExtension(ctx, tx, r, now); err != nil {
+				if extended, err = b.applyExtension(ctx, tx, c, r, now); err != nil {
 					return err
 				}
 				r.GrantID = extended.ID
 				break
 			}
-			created = b.newGrant(r, b.entitlement(r.Entitlement), now)
+			created = b.newGrant(r, c.byName[r.Entitlement], now)
 			r.GrantID = created.ID
 		}
 		if err := tx.UpdateRequest(ctx, r); err != nil {
@@ -556,6 +572,24 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 func passed(pol *policy.Policy, r *lapse.Request) bool {
 	e := pol.Entitlement(r.Entitlement)
 	return e != nil && pol.Progress(e.RuleFor(r.Requester.Kind), &r.Requester, r.Approvals).Done
+}
+
+// updateUnder runs fn in a transaction that commits only while c, the
+// policy the operation decided under, is still in force (any c when nil).
+// A reload that lands in the middle of a decision would otherwise have it
+// checked by one policy and counted, applied or recorded under another
+// (the events carry the version in force when they are written). The
+// caller is told to try again, under the new policy.
+func (b *Broker) updateUnder(ctx context.Context, c *catalog, fn func(tx lapse.Tx) error) error {
+	return b.store.Update(ctx, func(tx lapse.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		if c != nil && b.catalog.Load() != c {
+			return lapse.Errorf(lapse.ECONFLICT, "the policy changed while this was decided; nothing was changed, try again")
+		}
+		return nil
+	})
 }
 
 // approvalsCount counts distinct approving humans. Distinctness is also

@@ -56,17 +56,27 @@ func (b *Broker) ReviewRequest(ctx context.Context, id string, in lapse.ReviewIn
 			return err
 		}
 		out = r
-		return appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestReviewed, r, in.Outcome, map[string]any{
+		if err := appendEvent(ctx, tx, b.requestEvent(ctx, p, lapse.EventRequestReviewed, r, in.Outcome, map[string]any{
 			"comment": in.Comment, "late": now.After(r.Review.DueAt),
-		}))
+		})); err != nil {
+			return err
+		}
+		if in.Outcome != lapse.ReviewRejected || r.GrantID == "" {
+			return nil
+		}
+		// The rejection ends the grant in the same write: it is never
+		// recorded while the grant it ends lives on.
+		g, err := tx.GetGrant(ctx, r.GrantID)
+		if err != nil {
+			return err
+		}
+		return b.startEnd(ctx, tx, g, lapse.EndRevoked, "break-glass review rejected: "+in.Comment)
 	})
 	if err != nil {
 		return nil, storeErr("review request", err)
 	}
 	if in.Outcome == lapse.ReviewRejected && out.GrantID != "" {
-		if _, err := b.end(ctx, p, out.GrantID, lapse.EndRevoked, "break-glass review rejected: "+in.Comment, false, false); err != nil {
-			return out, err
-		}
+		b.nudge()
 	}
 	return out, nil
 }

@@ -59,14 +59,23 @@ var (
 // here reads the store: the broker adds what needs it (mandates, fences,
 // exposure) around this decision.
 func (p *Policy) Decide(pr *lapse.Principal, in *lapse.RequestInput, now time.Time) Decision {
-	return p.DecideFor(pr, nil, in, now)
+	return p.DecideFor(pr, nil, in, Filing{}, now)
 }
 
-// DecideFor is Decide for an agent acting for sponsor: the agent's lane
-// must be allowed, and who may request is checked on the sponsor (an
-// agent never gets more than its sponsor could). The conditions see the
-// agent, with its act chain.
-func (p *Policy) DecideFor(pr, sponsor *lapse.Principal, in *lapse.RequestInput, now time.Time) Decision {
+// Filing is what the broker knows of a request beyond its input, for the
+// conditions: how it arrived (request.channel) and the grant it extends
+// (request.extends). A condition on either must hold when the request is
+// decided, not only when its grant is checked again at its start.
+type Filing struct {
+	Channel string
+	Extends string
+}
+
+// DecideFor is Decide for an agent acting for sponsor (nil for anyone
+// else), filed as f: the agent's lane must be allowed, and who may
+// request is checked on the sponsor (an agent never gets more than its
+// sponsor could). The conditions see the agent, with its act chain.
+func (p *Policy) DecideFor(pr, sponsor *lapse.Principal, in *lapse.RequestInput, f Filing, now time.Time) Decision {
 	en := p.byName[in.Entitlement]
 	if en == nil {
 		return refuse("catalog", lapse.FieldErrorf(lapse.ENOTFOUND, "entitlement", "no entitlement named %s", in.Entitlement))
@@ -87,7 +96,7 @@ func (p *Policy) DecideFor(pr, sponsor *lapse.Principal, in *lapse.RequestInput,
 		return refuse("input", err)
 	}
 	r := &lapse.Request{Requester: *pr, Entitlement: e.Name, Duration: lapse.Duration(d), Reason: in.Reason,
-		Ticket: in.Ticket, TaskID: in.TaskID, BreakGlass: in.BreakGlass, StartsAt: in.StartsAt}
+		Ticket: in.Ticket, TaskID: in.TaskID, BreakGlass: in.BreakGlass, StartsAt: in.StartsAt, Channel: f.Channel, Extends: f.Extends}
 	if err := p.checkCondition(en, pr, r, now); err != nil {
 		return refuse("condition", err)
 	}

@@ -282,6 +282,13 @@ func (p *Policy) Recheck(r *lapse.Request, now time.Time) error {
 		if e.BreakGlass == nil {
 			return lapse.Errorf(lapse.ECONFLICT, "%s no longer has a break-glass path", e.Name)
 		}
+		// A fenced break-glass grant starts later: the self-approval holds
+		// only while its condition does (an error is no, as in Decide).
+		if en.breakGlass != nil {
+			if ok, err := en.breakGlass.Eval(p.vars(pr, r, now)); err != nil || !ok {
+				return lapse.Errorf(lapse.ECONFLICT, "the break-glass condition of %s no longer allows this request", e.Name)
+			}
+		}
 		return nil
 	case rule.Auto:
 		return nil

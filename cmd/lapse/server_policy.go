@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"os"
 	"os/signal"
+	"reflect"
 	"slices"
 	"syscall"
 	"time"
@@ -148,12 +149,43 @@ func (r *policyReloader) checksumsOrEmpty(file string) map[string][32]byte {
 }
 
 // checkServerPolicy refuses a reload that only a restart can apply: the
-// policy may change, the targets and the rest of the server may not.
+// policy may change, the targets and the rest of the server may not. The
+// broker keeps the connectors and the escalation policy it started with,
+// so a reload that changed them would be reported as done while the old
+// ones stay in force (and, for escalation, would record a policy version
+// that `lapse policy check` does not print).
 func checkServerPolicy(next, running *config.Config) error {
 	if !slices.Equal(next.TargetNames(), running.TargetNames()) {
 		return &config.Error{File: next.File, Err: errTargetsChanged}
 	}
+	for _, name := range next.TargetNames() {
+		a, aerr := targetSettings(next.Targets[name])
+		b, berr := targetSettings(running.Targets[name])
+		if aerr != nil || berr != nil || !reflect.DeepEqual(a, b) {
+			return &config.Error{File: next.File, Err: lapse.Errorf(lapse.EINVALID, "the settings of target %s changed; that needs a restart (the policy was not reloaded)", name)}
+		}
+	}
+	if !reflect.DeepEqual(escalationOf(next), escalationOf(running)) {
+		return &config.Error{File: next.File, Err: errEscalationChanged}
+	}
 	return nil
 }
 
-var errTargetsChanged = lapse.Errorf(lapse.EINVALID, "the targets changed; a new target, or a removed one, needs a restart (the policy was not reloaded)")
+// targetSettings is what a target is configured with, without where in
+// the file it is written.
+func targetSettings(t *config.Target) (any, error) {
+	var block map[string]any
+	if err := t.Decode(&block); err != nil {
+		return nil, err
+	}
+	return struct {
+		Kind        string
+		Concurrency int
+		Config      map[string]any
+	}{t.Kind, t.Concurrency, block}, nil
+}
+
+var (
+	errTargetsChanged    = lapse.Errorf(lapse.EINVALID, "the targets changed; a new target, or a removed one, needs a restart (the policy was not reloaded)")
+	errEscalationChanged = lapse.Errorf(lapse.EINVALID, "the escalation policy changed; that needs a restart (the policy was not reloaded)")
+)
