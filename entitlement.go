@@ -302,6 +302,26 @@ func ParseDuration(s string) (time.Duration, error) {
 	return v, nil
 }
 
+// PrivilegeHash is the hex SHA-256 of what a grant of e is on its target:
+// the target, the connector spec and the use limit. A request records it
+// when it is filed, so its approvals are bound to the privilege they were
+// given for: if what the entitlement grants changes before the grant
+// starts, the approvals no longer apply (policy.Recheck).
+func (e *Entitlement) PrivilegeHash() string {
+	b, err := json.Marshal(struct {
+		Target  string         `json:"target"`
+		Spec    map[string]any `json:"spec,omitempty"`
+		MaxUses int            `json:"max_uses,omitempty"`
+	}{e.Target, e.Spec, e.MaxUses})
+	if err != nil {
+		// A spec that does not encode cannot be compared: one that never
+		// matches makes every approval of it void, which fails closed.
+		return "unencodable"
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
 // PolicyVersion returns the content hash of an entitlement catalog:
 // "sha256:" and the hex SHA-256 of its JSON encoding, in name order. The
 // same catalog, however its file was laid out, has the same version; any

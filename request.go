@@ -42,7 +42,10 @@ type Request struct {
 	StartsAt time.Time `json:"starts_at,omitzero"`
 	// Extends, when set, names the active grant this request asks to
 	// extend by Duration.
-	Extends   string       `json:"extends,omitempty"`
+	Extends string `json:"extends,omitempty"`
+	// Privilege is the entitlement's PrivilegeHash when the request was
+	// filed: approvals bind to it through Hash.
+	Privilege string       `json:"privilege,omitempty"`
 	State     RequestState `json:"state"`
 	Approvals []*Approval  `json:"approvals,omitempty"`
 	// Review is the post-review of a break-glass request.
@@ -78,8 +81,9 @@ func (r *Request) ComputeHash() string {
 		BreakGlass bool   `json:"break_glass,omitempty"`
 		StartsAt   int64  `json:"starts_at_unix_nano,omitempty"`
 		Extends    string `json:"extends,omitempty"`
+		Privilege  string `json:"privilege,omitempty"`
 	}{r.ID, r.Requester.ID, r.Requester.Kind, r.Requester.Act, r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.CreatedAt.UnixNano(),
-		r.BreakGlass, unixNanoOrZero(r.StartsAt), r.Extends}
+		r.BreakGlass, unixNanoOrZero(r.StartsAt), r.Extends, r.Privilege}
 	b, _ := json.Marshal(canon) // a fixed struct of strings and ints cannot fail
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

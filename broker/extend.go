@@ -90,6 +90,7 @@ func (b *Broker) ExtendGrant(ctx context.Context, id string, in lapse.ExtendInpu
 		// A pending extension is moot once the grant has ended.
 		ExpiresAt: minTime(now.Add(pending), g.ExpiresAt),
 	}
+	r.Privilege = e.PrivilegeHash()
 	r.Hash = r.ComputeHash()
 	var extended *lapse.Grant
 	err = b.updateUnder(ctx, c, func(tx lapse.Tx) error {

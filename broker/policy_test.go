@@ -237,6 +237,13 @@ func TestPolicyChangeBeforeScheduledStartIsNeverProvisioned(t *testing.T) {
 					}
 				}},
 				{"approver left the group", func(d *policy.Document) { d.Groups["leads"] = []string{"someone-else"} }},
+				{"what it grants changed", func(d *policy.Document) {
+					for _, ent := range d.Entitlements {
+						if ent.Name == "db/owner" {
+							ent.Spec = map[string]any{"privileges": []any{"read", "write"}}
+						}
+					}
+				}},
 				{"entitlement removed", func(d *policy.Document) {
 					d.Entitlements = slices.DeleteFunc(d.Entitlements, func(e *lapse.Entitlement) bool { return e.Name == "db/owner" })
 				}},
@@ -407,5 +414,33 @@ func TestExtensions(t *testing.T) {
 	e.tick()
 	if got := e.grant(g.ID); got.State != lapse.GrantRevoked {
 		t.Fatalf("not revoked at the new deadline: %s", got.State)
+	}
+}
+
+// Approvals bind to what the entitlement grants: once its spec changes, a
+// pending request cannot be approved into the new privilege.
+func TestApprovalsBindToThePrivilege(t *testing.T) {
+	e := newPolicyEnv(t, sqltest.OpenSQLite(t))
+	res, err := e.broker.CreateRequest(as(alice), lapse.RequestInput{Entitlement: "db/shift"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Request.Privilege == "" {
+		t.Fatal("the request records no privilege hash")
+	}
+	doc := humanLanePolicy()
+	for _, ent := range doc.Entitlements {
+		if ent.Name == "db/shift" {
+			ent.Spec = map[string]any{"privileges": []any{"read", "write"}}
+		}
+	}
+	if err := e.broker.SetPolicy(doc); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.broker.Approve(as(bob), res.Request.ID, lapse.DecisionInput{})
+	wantCode(t, err, lapse.ECONFLICT)
+	r, _ := e.store.GetRequest(context.Background(), res.Request.ID)
+	if len(r.Approvals) != 0 || r.State != lapse.RequestPending {
+		t.Fatalf("request %s with %d approvals", r.State, len(r.Approvals))
 	}
 }

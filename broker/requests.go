@@ -167,6 +167,7 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		// an approval could only make a grant that has already ended.
 		r.ExpiresAt = end
 	}
+	r.Privilege = e.PrivilegeHash()
 	r.Hash = r.ComputeHash()
 
 	var g *lapse.Grant
@@ -487,6 +488,11 @@ func (b *Broker) decide(ctx context.Context, id string, in lapse.DecisionInput, 
 		if d == lapse.DecisionApprove {
 			if err := exposureRefused(c.byName[r.Entitlement]); err != nil {
 				return err
+			}
+			if e := c.byName[r.Entitlement]; r.Privilege != "" && e != nil && e.PrivilegeHash() != r.Privilege {
+				// Approvers would approve a privilege the requester never
+				// asked for: the request is filed again instead.
+				return lapse.Errorf(lapse.ECONFLICT, "what %s grants changed since this request was filed; it must be filed again", r.Entitlement)
 			}
 			if r.Requester.Kind == lapse.KindAgent {
 				if err := mandateStillCovers(ctx, tx, r, mandates, now); err != nil {

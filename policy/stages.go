@@ -266,6 +266,9 @@ func (p *Policy) Recheck(r *lapse.Request, now time.Time) error {
 	} else if err := p.MayRequest(e, pr); err != nil {
 		return lapse.Errorf(lapse.ECONFLICT, "the policy no longer lets %s request %s", pr.ID, e.Name)
 	}
+	if r.Privilege != "" && r.Privilege != e.PrivilegeHash() {
+		return lapse.Errorf(lapse.ECONFLICT, "what %s grants (its target, spec or use limit) changed since the request was filed; its decision was for the old privilege", e.Name)
+	}
 	max := e.MaxDuration.D()
 	if r.BreakGlass && e.BreakGlass != nil {
 		max = min(max, e.BreakGlass.MaxDuration.D())

@@ -9,6 +9,9 @@
 ALTER TABLE requests ADD COLUMN break_glass INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN starts_at BIGINT;
 ALTER TABLE requests ADD COLUMN extends TEXT NOT NULL DEFAULT '';
+-- What the entitlement granted when the request was filed (its target,
+-- spec and use limit, hashed): the approvals are for that privilege.
+ALTER TABLE requests ADD COLUMN privilege TEXT NOT NULL DEFAULT '';
 ALTER TABLE requests ADD COLUMN review TEXT;
 ALTER TABLE requests ADD COLUMN review_state TEXT NOT NULL DEFAULT '';
 
