@@ -31,6 +31,10 @@ type Entitlement struct {
 	// TicketPattern, when set, is a regular expression (RE2) every ticket
 	// must match in full: "^OPS-[0-9]+$".
 	TicketPattern string `json:"ticket_pattern,omitempty"`
+	// ReasonPattern, when set, is a regular expression (RE2) every reason
+	// must match in full, e.g. one that demands an incident reference:
+	// "(?s).*INC-[0-9]+.*".
+	ReasonPattern string `json:"reason_pattern,omitempty"`
 	// Condition, when set, is a CEL expression over the request, the
 	// principal, the time and the context that must be true for the
 	// request to be filed, and again when its grant starts

@@ -273,6 +273,7 @@ type rawEntitlement struct {
 	// The human lane's policy (config/policy.go).
 	Condition        string          `yaml:"condition"`
 	TicketPattern    string          `yaml:"ticket_pattern"`
+	ReasonPattern    string          `yaml:"reason_pattern"`
 	MaxScheduleAhead *lapse.Duration `yaml:"max_schedule_ahead"`
 	ClockStart       string          `yaml:"clock_start"`
 	BreakGlass       *rawBreakGlass  `yaml:"break_glass"`

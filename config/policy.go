@@ -334,6 +334,13 @@ func (v *validator) policyFields(at func(s ...step) []step, r *rawEntitlement, e
 			e.TicketPattern = r.TicketPattern
 		}
 	}
+	if r.ReasonPattern != "" {
+		if _, err := policy.CompileTicketPattern(r.ReasonPattern); err != nil {
+			v.add(at("reason_pattern"), err)
+		} else {
+			e.ReasonPattern = r.ReasonPattern
+		}
+	}
 	if r.MaxScheduleAhead != nil {
 		e.MaxScheduleAhead = *r.MaxScheduleAhead
 		if e.MaxScheduleAhead.D() > 90*24*time.Hour {

@@ -190,6 +190,9 @@ func (p *Policy) validate(en *entry, pr *lapse.Principal, in *lapse.RequestInput
 	if e.RequireReason && in.Reason == "" {
 		return 0, lapse.FieldErrorf(lapse.EINVALID, "reason", "%s requires a reason", e.Name)
 	}
+	if in.Reason != "" && en.reason != nil && !en.reason.MatchString(in.Reason) {
+		return 0, lapse.FieldErrorf(lapse.EINVALID, "reason", "the reason does not have the format %s requires (%s)", e.Name, e.ReasonPattern)
+	}
 	if in.BreakGlass && utf8.RuneCountInString(in.Reason) < MinBreakGlassReason {
 		return 0, lapse.FieldErrorf(lapse.EINVALID, "reason", "break glass needs a reason of at least %d characters: the reviewers read it", MinBreakGlassReason)
 	}

@@ -392,6 +392,9 @@ func (p *Policy) explainInput(name string, en *entry, pr *lapse.Principal, in la
 		case e.RequireReason:
 			need = "required"
 		}
+		if e.ReasonPattern != "" {
+			need += ", in the format " + e.ReasonPattern
+		}
 		if reason == "" {
 			return CheckPass, need + "; none given"
 		}

@@ -58,6 +58,7 @@ type entry struct {
 	autoWhen   *Condition
 	breakGlass *Condition
 	ticket     *regexp.Regexp
+	reason     *regexp.Regexp
 }
 
 // Compile checks and compiles doc. Errors name the entitlement and the
@@ -96,6 +97,11 @@ func Compile(doc Document) (*Policy, error) {
 				return nil, fail("ticket_pattern", err)
 			}
 		}
+		if e.ReasonPattern != "" {
+			if en.reason, err = CompileTicketPattern(e.ReasonPattern); err != nil {
+				return nil, fail("reason_pattern", err)
+			}
+		}
 		if err := checkStages(e.Approval); err != nil {
 			return nil, fail("approval", err)
 		}
@@ -111,8 +117,8 @@ func Compile(doc Document) (*Policy, error) {
 	return p, nil
 }
 
-// CompileTicketPattern compiles a ticket format: RE2, anchored at both
-// ends whatever the author wrote, so "OPS-[0-9]+" cannot match
+// CompileTicketPattern compiles a ticket or reason format: RE2, anchored
+// at both ends whatever the author wrote, so "OPS-[0-9]+" cannot match
 // "x OPS-1 y".
 func CompileTicketPattern(s string) (*regexp.Regexp, error) {
 	re, err := regexp.Compile(`^(?:` + s + `)$`)

@@ -153,3 +153,30 @@ func TestRecheck(t *testing.T) {
 		t.Fatal("a duration beyond the new maximum passes")
 	}
 }
+
+func TestReasonAndTicketFormats(t *testing.T) {
+	e := &lapse.Entitlement{Name: "db/admin", Target: "t", Lanes: []lapse.PrincipalKind{lapse.KindHuman}, MaxDuration: lapse.Duration(time.Hour), DefaultDuration: lapse.Duration(time.Hour),
+		RequireReason: true, ReasonPattern: `(?s).*INC-[0-9]+.*`, TicketPattern: `OPS-[0-9]+`,
+		Approval: lapse.ApprovalRule{Required: 1, Approvers: []string{"bob"}}}
+	p := compile(t, Document{Entitlements: []*lapse.Entitlement{e}})
+	now := time.Date(2026, 12, 4, 9, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		reason, ticket string
+		field          string // "" when accepted
+	}{
+		{"replication lag, INC-42", "OPS-7", ""},
+		{"replication lag", "", "reason"},
+		{"INC-42", "x OPS-7 y", "ticket"}, // anchored: a ticket that merely contains the format is refused
+		{"INC-42", "ops-7", "ticket"},
+	} {
+		in := lapse.RequestInput{Entitlement: e.Name, Reason: c.reason, Ticket: c.ticket}
+		d := p.Decide(human("alice"), &in, now)
+		got := ""
+		if d.Outcome == Refused {
+			got = lapse.ErrorField(d.Err)
+		}
+		if got != c.field {
+			t.Errorf("reason %q, ticket %q: refused on %q (%v), want %q", c.reason, c.ticket, got, d.Err, c.field)
+		}
+	}
+}
