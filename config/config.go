@@ -100,6 +100,9 @@ type Config struct {
 	// files and on-call lists), absolute: the server watches them, and
 	// reloads when one changes.
 	PolicyFiles []string
+	// PolicyWatch says whether the server reloads when a policy file
+	// changes (policy.watch, default true); it always reloads on SIGHUP.
+	PolicyWatch bool
 	// ZSP is zero-standing-privilege assurance: the default exposure
 	// limit, the drift reconciler and the canary (docs/zsp.md).
 	ZSP ZSP
@@ -554,6 +557,7 @@ func (v *validator) validate(raw *rawConfig, dir string) *Config {
 	v.groups(c, raw.Groups)
 	v.onCall(c, raw.OnCall, dir)
 	v.entitlements(c, raw.Entitlements)
+	c.PolicyWatch = raw.Policy.Watch == nil || *raw.Policy.Watch
 	for _, f := range v.policyFiles(&raw.Policy, rel) {
 		v.loadPolicyFile(c, f)
 	}

@@ -33,6 +33,10 @@ const (
 // files holding entitlements, groups and on-call lists.
 type rawPolicy struct {
 	Files []string `yaml:"files"`
+	// Watch, true when left out, reloads the policy when one of its
+	// files changes; false leaves reloads to SIGHUP alone (for deploys
+	// that write several files and then signal).
+	Watch *bool `yaml:"watch"`
 }
 
 // rawPolicyFile is one policy file: the same keys as the server

@@ -64,6 +64,9 @@ func (s *Server) startPolicyReload(ctx context.Context, reg prometheus.Registere
 		defer signal.Stop(hup)
 		t := time.NewTicker(policyPoll)
 		defer t.Stop()
+		if !s.Config.PolicyWatch {
+			t.Stop() // policy.watch: false — reloads come from SIGHUP only
+		}
 		for {
 			select {
 			case <-rctx.Done():
