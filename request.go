@@ -45,9 +45,12 @@ type Request struct {
 	Extends string `json:"extends,omitempty"`
 	// Privilege is the entitlement's PrivilegeHash when the request was
 	// filed: approvals bind to it through Hash.
-	Privilege string       `json:"privilege,omitempty"`
-	State     RequestState `json:"state"`
-	Approvals []*Approval  `json:"approvals,omitempty"`
+	Privilege string `json:"privilege,omitempty"`
+	// Delegation says how an agent's request names its sponsor:
+	// DelegationMandate or DelegationTokenExchange; empty for others.
+	Delegation string       `json:"delegation,omitempty"`
+	State      RequestState `json:"state"`
+	Approvals  []*Approval  `json:"approvals,omitempty"`
 	// Review is the post-review of a break-glass request.
 	Review *Review `json:"review,omitempty"`
 	// Required is the number of approvals the policy demanded when the
@@ -82,8 +85,9 @@ func (r *Request) ComputeHash() string {
 		StartsAt   int64  `json:"starts_at_unix_nano,omitempty"`
 		Extends    string `json:"extends,omitempty"`
 		Privilege  string `json:"privilege,omitempty"`
+		Delegation string `json:"delegation,omitempty"`
 	}{r.ID, r.Requester.ID, r.Requester.Kind, r.Requester.Act, r.Entitlement, int64(r.Duration), r.Reason, r.Ticket, r.TaskID, r.CreatedAt.UnixNano(),
-		r.BreakGlass, unixNanoOrZero(r.StartsAt), r.Extends, r.Privilege}
+		r.BreakGlass, unixNanoOrZero(r.StartsAt), r.Extends, r.Privilege, r.Delegation}
 	b, _ := json.Marshal(canon) // a fixed struct of strings and ints cannot fail
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
@@ -95,6 +99,15 @@ func unixNanoOrZero(t time.Time) int64 {
 	}
 	return t.UnixNano()
 }
+
+// Delegations of an agent's request (Request.Delegation).
+const (
+	// DelegationMandate: a mandate the sponsor gave earlier covers it.
+	DelegationMandate = "mandate"
+	// DelegationTokenExchange: the sponsor authenticated in the same call
+	// (RFC 8693 with an actor token).
+	DelegationTokenExchange = "token_exchange"
+)
 
 // Review states of a break-glass request's post-review.
 const (

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/policy"
 )
 
 // The agent lane (DESIGN.md §3, docs/agents.md). An AI agent asks for a
@@ -313,6 +314,37 @@ func (b *Broker) approvalMandates(ctx context.Context, id string) ([]string, boo
 	}
 	slices.Sort(ids)
 	return ids, true, nil
+}
+
+// sponsorStillAllows checks, as an agent's grant is about to start, the
+// sponsor's side of its decision under pol: for a request that rests on a
+// mandate, a mandate from the sponsor to the agent is still live, covers
+// the entitlement and the duration, and the sponsor may still request the
+// entitlement (an agent never gets more than its sponsor could, now). A
+// request made by token exchange had its sponsor present in the call;
+// Lapse keeps no credential of theirs to ask about their groups again, so
+// only the agent's side (policy.Recheck) applies to it.
+func (b *Broker) sponsorStillAllows(ctx context.Context, pol *policy.Policy, r *lapse.Request, now time.Time) error {
+	if r.Requester.Kind != lapse.KindAgent || r.Delegation != lapse.DelegationMandate {
+		return nil
+	}
+	if len(r.Requester.Act) != 1 {
+		return lapse.Errorf(lapse.ECONFLICT, "the agent's request names no single sponsor")
+	}
+	e := pol.Entitlement(r.Entitlement)
+	if e == nil {
+		return lapse.Errorf(lapse.ECONFLICT, "entitlement %s is no longer in the policy", r.Entitlement)
+	}
+	ms, err := b.liveMandates(ctx, r.Requester.ID, r.Requester.Act[0])
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Live(now) && m.Covers(r.Entitlement) && r.Duration.D() <= m.MaxDuration.D() && pol.MayRequest(e, &m.Sponsor) == nil {
+			return nil
+		}
+	}
+	return lapse.Errorf(lapse.ECONFLICT, "no live mandate of %s covers this request any more, or %s may no longer request %s", r.Requester.Act[0], r.Requester.Act[0], r.Entitlement)
 }
 
 // mandateStillCovers refuses an approval of an agent's request when no

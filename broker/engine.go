@@ -366,6 +366,11 @@ func (e *engine) recheck(ctx context.Context, tx lapse.Tx, g *lapse.Grant, now t
 	default:
 		if err := c.policy.Recheck(r, now); err != nil {
 			reason = lapse.ErrorMessage(err)
+		} else if err := e.b.sponsorStillAllows(ctx, c.policy, r, now); err != nil {
+			if lapse.ErrorCode(err) == lapse.EUNAVAILABLE {
+				return false, err
+			}
+			reason = lapse.ErrorMessage(err)
 		}
 	}
 	if reason == "" {

@@ -168,6 +168,12 @@ func (b *Broker) CreateRequest(ctx context.Context, in lapse.RequestInput) (*lap
 		r.ExpiresAt = end
 	}
 	r.Privilege = e.PrivilegeHash()
+	if agent != nil {
+		r.Delegation = lapse.DelegationMandate
+		if agent.delegated {
+			r.Delegation = lapse.DelegationTokenExchange
+		}
+	}
 	r.Hash = r.ComputeHash()
 
 	var g *lapse.Grant

@@ -58,7 +58,7 @@ const (
 	requestCols = "id, requester_id, requester_kind, requester_name, requester_groups, requester_scopes, " +
 		"requester_credential_id, entitlement, duration_ns, reason, ticket, task_id, channel, hash, state, " +
 		"required, grant_id, decision_note, created_at, expires_at, decided_at, version, requester_act, " +
-		"break_glass, starts_at, extends, review, review_state, privilege"
+		"break_glass, starts_at, extends, review, review_state, privilege, delegation"
 	approvalCols = "request_id, approver_id, approver_kind, approver_name, approver_groups, approver_scopes, " +
 		"approver_credential_id, decision, comment, request_hash, channel, created_at, approver_act"
 	grantCols = "id, request_id, principal_id, principal_kind, principal_name, principal_groups, " +
@@ -103,7 +103,7 @@ var queryText = [numQueries]string{
 	qGetRequestForUpdate: "SELECT " + requestCols + " FROM requests WHERE id = ?{FOR UPDATE}",
 	qRequestExists:       "SELECT 1 FROM requests WHERE id = ?",
 	qInsertRequest: "INSERT INTO requests (" + requestCols + ") VALUES " +
-		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 	qUpdateRequest: "UPDATE requests SET state = ?, required = ?, grant_id = ?, decision_note = ?, " +
 		"expires_at = ?, decided_at = ?, review = ?, review_state = ?, version = version + 1 WHERE id = ? AND version = ?",
 	qApprovalsOf:     "SELECT " + approvalCols + " FROM approvals WHERE request_id = ? ORDER BY created_at, approver_id",

@@ -28,7 +28,7 @@ func scanRequest(sc scanner) (*lapse.Request, error) {
 	err := sc.Scan(&r.ID, &p.ID, &pc.kind, &p.Name, &pc.groups, &pc.scopes, &p.CredentialID,
 		&r.Entitlement, &duration, &r.Reason, &r.Ticket, &r.TaskID, &r.Channel, &r.Hash, &state,
 		&r.Required, &r.GrantID, &r.DecisionNote, &createdAt, &expiresAt, &decidedAt, &r.Version, &pc.act,
-		&breakGlass, &startsAt, &r.Extends, &review, &reviewState, &r.Privilege)
+		&breakGlass, &startsAt, &r.Extends, &review, &reviewState, &r.Privilege, &r.Delegation)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +204,7 @@ func (t *tx) InsertRequest(ctx context.Context, r *lapse.Request) error {
 	createdAt, expiresAt, decidedAt := e.time("created_at", r.CreatedAt), e.time("expires_at", r.ExpiresAt), e.time("decided_at", r.DecidedAt)
 	text := [...]string{e.text("entitlement", r.Entitlement), e.text("reason", r.Reason), e.text("ticket", r.Ticket),
 		e.text("task_id", r.TaskID), e.text("channel", r.Channel), e.text("hash", r.Hash), e.text("state", string(r.State)),
-		e.text("grant_id", r.GrantID), e.text("decision_note", r.DecisionNote), e.text("extends", r.Extends), e.text("privilege", r.Privilege)}
+		e.text("grant_id", r.GrantID), e.text("decision_note", r.DecisionNote), e.text("extends", r.Extends), e.text("privilege", r.Privilege), e.text("delegation", r.Delegation)}
 	startsAt := e.time("starts_at", r.StartsAt)
 	review, reviewState := e.review(r.Review)
 	if e.err != nil {
@@ -213,7 +213,7 @@ func (t *tx) InsertRequest(ctx context.Context, r *lapse.Request) error {
 	res, err := t.exec(ctx, qInsertRequest, id, p[0], p[1], p[2], p[3], p[4], p[5],
 		text[0], int64(r.Duration), text[1], text[2], text[3], text[4], text[5], text[6],
 		r.Required, text[7], text[8], createdAt, expiresAt, decidedAt, int64(1), e.strings(r.Requester.Act),
-		boolInt(r.BreakGlass), startsAt, text[9], review, reviewState, text[10])
+		boolInt(r.BreakGlass), startsAt, text[9], review, reviewState, text[10], text[11])
 	if err != nil {
 		return t.fail("insert request", err)
 	}

@@ -12,6 +12,8 @@ ALTER TABLE requests ADD COLUMN extends TEXT NOT NULL DEFAULT '';
 -- What the entitlement granted when the request was filed (its target,
 -- spec and use limit, hashed): the approvals are for that privilege.
 ALTER TABLE requests ADD COLUMN privilege TEXT NOT NULL DEFAULT '';
+-- How an agent's request names its sponsor: mandate or token_exchange.
+ALTER TABLE requests ADD COLUMN delegation TEXT NOT NULL DEFAULT '';
 ALTER TABLE requests ADD COLUMN review TEXT;
 ALTER TABLE requests ADD COLUMN review_state TEXT NOT NULL DEFAULT '';
 
