@@ -76,6 +76,20 @@ type Store interface {
 	Close() error
 }
 
+// SerialWriter is implemented by a Store that may say its write
+// transactions run one at a time (SQLite's single writer). A broker's engine
+// then orders its own writes during a wave of deadlines: it writes the
+// intent of the grants it claims before the results of the grants it has
+// already acted on, so later claims do not queue behind result commits for
+// the one writer and their connector calls do not start late. A store that
+// does not implement it, or answers false, runs writers in parallel
+// (PostgreSQL) and its writes are not reordered.
+type SerialWriter interface {
+	// SerialWrites reports whether the store runs one write transaction at
+	// a time.
+	SerialWrites() bool
+}
+
 // Tx is one read-write transaction (see Store.Update).
 type Tx interface {
 	// GetRequest reads a request and its approvals, locking it against

@@ -28,6 +28,10 @@ import (
 //	writes results in batches (group commit) → grants that need another
 //	step are dispatched again.
 //
+// On a store with one writer (SQLite) the committer holds results while a
+// wave of deadlines is still being claimed, so that the claims, which let
+// connector calls start, do not queue behind result commits (commitLoop).
+//
 // Every write is compare-and-swap on the grant's version; the claim bumped
 // the version and the fence, so a process whose lease was taken over cannot
 // write, and it checks its lease before every connector call so it does not
@@ -99,7 +103,29 @@ type engine struct {
 	done      chan struct{}
 	lastSweep time.Time
 	lastCount time.Time
+
+	// Claims first (commitLoop). serial: the store runs one write
+	// transaction at a time (lapse.SerialWriter). claiming: a wave is
+	// being claimed — set by a claim that took grants, cleared by a cycle
+	// in which no claim came back full. noHold counts callers waiting for
+	// every result to be written (Tick, stop); while it is above zero
+	// nothing is held. kick wakes the committer to look again.
+	serial   bool
+	claiming atomic.Bool
+	noHold   atomic.Int32
+	kick     chan struct{}
 }
+
+// Bounds on how long the committer holds results (commitLoop).
+const (
+	// maxHeldBatches: the committer writes once it holds this many
+	// batches (BatchSize results each).
+	maxHeldBatches = 16
+	// holdRecheck is how often a holding committer looks at the clock
+	// when no result arrives. The hold limit is measured on the engine's
+	// clock, which need not be the wall clock (tests move a fake one).
+	holdRecheck = 10 * time.Millisecond
+)
 
 // result is the outcome of one connector step on one claimed grant, to be
 // written by the committer.
@@ -110,10 +136,23 @@ type result struct {
 	events      []*lapse.Event
 	next        action // dispatch again after the commit
 	fence       int64
+	leaseUntil  time.Time // the end of the lease the step ran under
 }
 
 func newEngine(b *Broker) *engine {
-	return &engine{b: b}
+	e := &engine{b: b, kick: make(chan struct{}, 1)}
+	if sw, ok := b.store.(lapse.SerialWriter); ok {
+		e.serial = sw.SerialWrites()
+	}
+	return e
+}
+
+// wakeCommitter makes the committer re-check whether it may hold results.
+func (e *engine) wakeCommitter() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
 }
 
 // start launches the committer if it is not running.
@@ -130,8 +169,12 @@ func (e *engine) start() {
 }
 
 // stop waits for in-flight work to be written, then stops the committer.
+// Nothing is held while it waits.
 func (e *engine) stop() {
+	e.noHold.Add(1)
+	e.wakeCommitter()
 	e.inflight.Wait()
+	e.noHold.Add(-1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.active--
@@ -151,6 +194,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	b.running.Store(true)
 	defer func() {
 		b.running.Store(false)
+		e.claiming.Store(false)
 		e.stop()
 	}()
 	timer := time.NewTimer(0)
@@ -189,9 +233,15 @@ func (b *Broker) Run(ctx context.Context) error {
 
 // Tick runs the engine synchronously until nothing is due at the clock's
 // current time and all work is written. Tests use it with a fake clock.
+// It waits for every result after each cycle, so the committer holds
+// nothing meanwhile (noHold): a hold bounded on a fake clock that does not
+// move would never end.
 func (b *Broker) Tick(ctx context.Context) error {
 	e := b.engine
 	e.start()
+	e.noHold.Add(1)
+	e.wakeCommitter()
+	defer e.noHold.Add(-1) // after stop, which runs first
 	defer e.stop()
 	for {
 		n, err := e.cycle(ctx)
@@ -207,7 +257,10 @@ func (b *Broker) Tick(ctx context.Context) error {
 }
 
 // cycle claims due grants for every target with free capacity and
-// dispatches them. It returns how many grants it claimed.
+// dispatches them. It returns how many grants it claimed. A cycle in which
+// no claim came back full (nothing more was due, or every target was at
+// capacity) ends the wave for the committer (e.claiming), which then writes
+// what it holds.
 //
 // It claims without first counting what is due: during a wave of deadlines
 // a count per cycle would scan every due grant again and again, while a
@@ -219,6 +272,7 @@ func (e *engine) cycle(ctx context.Context) (int, error) {
 	now := b.clock.Now()
 	e.countUnknownTargets(ctx, now)
 	claimed := 0
+	full := false // some claim took all it asked for: more may be due
 	for _, t := range b.targetList {
 		limit := min(t.capacity()-int(t.inflight.Load()), b.cfg.BatchSize)
 		if limit <= 0 {
@@ -229,6 +283,10 @@ func (e *engine) cycle(ctx context.Context) (int, error) {
 		if err != nil {
 			return claimed, err
 		}
+		full = full || n == limit
+	}
+	if !full && e.claiming.Swap(false) {
+		e.wakeCommitter()
 	}
 	return claimed, nil
 }
@@ -326,6 +384,11 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 	if err != nil {
 		// Nothing was written: the grants stay unclaimed and due.
 		return 0, err
+	}
+	if claimed > 0 && e.serial {
+		// Before the dispatch, so the committer holds these grants'
+		// results too.
+		e.claiming.Store(true)
 	}
 	for _, d := range dispatch {
 		e.dispatch(t, d.g, d.act, d.g.Fence, overdueSince(d.g).Before(now.Add(-e.b.cfg.OverdueGrace)))
@@ -517,7 +580,7 @@ func (e *engine) step(t *target, g *lapse.Grant, act action, fence int64) *resul
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), deadline.Sub(now))
 	defer cancel()
-	res := &result{t: t, g: g, fence: fence}
+	res := &result{t: t, g: g, fence: fence, leaseUntil: g.LeaseUntil}
 	switch act {
 	case actProvision:
 		e.provision(ctx, t, res)
@@ -760,25 +823,128 @@ func (e *engine) mergeCheckpoints(res *result, vr *connector.VerifyResponse, now
 }
 
 // commitLoop writes results in batches until results is closed.
+//
+// Claims first. A store with one writer (SQLite; lapse.SerialWriter) runs
+// the claims of a wave of deadlines and the commits of its results one
+// after the other, so a claim that queues behind result commits starts its
+// connector calls late. While a wave is being claimed (e.claiming), the
+// committer on such a store therefore holds results instead of writing
+// them at once, and writes everything it holds when claiming has caught up
+// (a cycle in which no claim came back full), when it holds maxHeldBatches
+// batches, or when a held result reaches its hold limit (holdLimit: Lease/10
+// after it arrived, or Lease/20 before its lease ends if that is sooner, so
+// that it is written while the lease holds). Tick and stop hold nothing
+// (e.noHold). On a store whose writers run in parallel (PostgreSQL) nothing
+// is held: each result is written at once, as before.
+//
+// The trade-off: a grant's revoked state in the store, its metrics, its
+// receipt, the callers waiting for it and the fenced grants it wakes, and
+// the dispatch of a follow-up step, may come up to one hold later than its
+// Verify. Its RevokedAt is still the moment Verify confirmed.
 func (e *engine) commitLoop(results chan *result, done chan struct{}) {
 	defer close(done)
-	batch := make([]*result, 0, e.b.cfg.BatchSize)
-	for r := range results {
-		batch = append(batch[:0], r)
-	fill:
-		for len(batch) < e.b.cfg.BatchSize {
+	bs := e.b.cfg.BatchSize
+	held := make([]*result, 0, bs)
+	var limit time.Time // the earliest hold limit of the held results
+	hold := func(r *result) {
+		l := e.holdLimit(e.b.clock.Now(), r.leaseUntil)
+		if len(held) == 0 || l.Before(limit) {
+			limit = l
+		}
+		held = append(held, r)
+	}
+	flush := func() {
+		for start := 0; start < len(held); start += bs {
+			e.commit(held[start:min(start+bs, len(held))])
+		}
+		clear(held)
+		held = held[:0]
+	}
+	recheck := time.NewTimer(holdRecheck)
+	defer recheck.Stop()
+	for {
+		if len(held) == 0 {
 			select {
 			case r, ok := <-results:
 				if !ok {
+					return
+				}
+				hold(r)
+			case <-e.kick:
+				continue
+			}
+		} else {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					flush()
+					return
+				}
+				hold(r)
+			case <-e.kick:
+			case <-recheck.C:
+			}
+		}
+		// Take what else has arrived: up to one batch when writing at
+		// once, up to the hold's bound when holding.
+		holding := e.holding()
+		most := bs
+		if holding {
+			most = maxHeldBatches * bs
+		}
+		closed := false
+	fill:
+		for len(held) < most {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					closed = true
 					break fill
 				}
-				batch = append(batch, r)
+				hold(r)
 			default:
 				break fill
 			}
 		}
-		e.commit(batch)
+		now := e.b.clock.Now()
+		if closed || e.shouldFlush(len(held), limit, now, holding) {
+			flush()
+			if closed {
+				return
+			}
+			continue
+		}
+		recheck.Reset(max(min(limit.Sub(now), holdRecheck), 0))
 	}
+}
+
+// holding reports whether the committer may hold results now: the store
+// has one writer, a wave is being claimed, and no one waits for every
+// result to be written.
+func (e *engine) holding() bool {
+	return e.serial && e.claiming.Load() && e.noHold.Load() == 0
+}
+
+// holdLimit is the latest time a result that reached the committer at
+// arrived may stay held: Lease/10 after it arrived, and no later than
+// Lease/20 before the end of the lease its step ran under. (A step starts
+// only with more than Lease/10 of its lease left, but a connector may
+// overrun its deadline; then the limit has passed and the result is
+// written at once.) A held result is thus written while its lease holds.
+func (e *engine) holdLimit(arrived, leaseUntil time.Time) time.Time {
+	l := arrived.Add(e.b.cfg.Lease / 10)
+	if end := leaseUntil.Add(-e.b.cfg.Lease / 20); end.Before(l) {
+		l = end
+	}
+	return l
+}
+
+// shouldFlush decides whether the committer writes the held results now
+// (see commitLoop): always unless holding; while holding, once held
+// reaches maxHeldBatches batches or now reaches limit, the earliest hold
+// limit of the held results.
+func (e *engine) shouldFlush(held int, limit, now time.Time, holding bool) bool {
+	return !holding || held >= maxHeldBatches*e.b.cfg.BatchSize || !now.Before(limit)
 }
 
 // commit writes a batch of results in one transaction, retrying while the

@@ -348,6 +348,11 @@ func (s *Store) prepare(ctx context.Context) error {
 // Driver returns "sqlite" or "postgres".
 func (s *Store) Driver() string { return s.driver }
 
+// SerialWrites reports whether write transactions run one at a time
+// (lapse.SerialWriter): true on SQLite, whose single writer connection runs
+// them in turn, false on PostgreSQL.
+func (s *Store) SerialWrites() bool { return s.driver == DriverSQLite }
+
 // Ping reports whether the database answers, for readiness checks.
 // Returns EUNAVAILABLE if it does not.
 func (s *Store) Ping(ctx context.Context) error {
