@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
@@ -141,6 +142,12 @@ func BenchmarkProvision(b *testing.B) {
 				ids[i] = newGrantID()
 			}
 			deadline := time.Now().Add(time.Hour)
+			// One Grant first: the connector's check of the entitled roles
+			// for grant options is then made, and afterwards renewed in the
+			// background as it would be in steady use.
+			if _, err := c.Grant(context.Background(), &connector.GrantRequest{GrantID: newGrantID(), Spec: spec, ExpiresAt: deadline}); err != nil {
+				b.Fatal(err)
+			}
 			b.ResetTimer()
 			start := time.Now()
 			lat := runConcurrent(b, b.N, conc, func(_, i int) error {
@@ -194,8 +201,12 @@ func BenchmarkProvision(b *testing.B) {
 }
 
 // BenchmarkRevoke: the connector's Revoke followed by Verify (with the
-// login probe) against a bare client issuing the raw floor, terminate the
-// role's backends and DROP ROLE.
+// login probe) against two bare-client floors: terminate the role's
+// backends and DROP ROLE (raw-terminate+drop), and the same followed by
+// the checks Verify exists to make — one catalog read and a login attempt
+// that must fail (raw-terminate+drop+checks). raw-failed-login is the
+// login attempt alone: a backend start on the server, whatever the
+// outcome.
 func BenchmarkRevoke(b *testing.B) {
 	for _, conc := range concurrencies {
 		b.Run(fmt.Sprintf("lapse-revoke+verify/c=%d", conc), func(b *testing.B) {
@@ -227,29 +238,79 @@ func BenchmarkRevoke(b *testing.B) {
 			b.StopTimer()
 			report(b, lat, elapsed, "revocations")
 		})
-		b.Run(fmt.Sprintf("raw-terminate+drop/c=%d", conc), func(b *testing.B) {
-			f := newFixture(b)
-			conns := bareConns(b, conc)
-			names := make([]string, b.N)
-			for i := range names {
-				names[i] = fmt.Sprintf("%sr%d", f.prefix, i)
+		for _, checks := range []bool{false, true} {
+			variant := "raw-terminate+drop"
+			if checks {
+				variant += "+checks"
 			}
-			createBare(b, f, names)
+			b.Run(fmt.Sprintf("%s/c=%d", variant, conc), func(b *testing.B) {
+				f := newFixture(b)
+				conns := bareConns(b, conc)
+				names := make([]string, b.N)
+				for i := range names {
+					names[i] = fmt.Sprintf("%sr%d", f.prefix, i)
+				}
+				createBare(b, f, names)
+				b.ResetTimer()
+				start := time.Now()
+				lat := runConcurrent(b, b.N, conc, func(w, i int) error {
+					ctx := context.Background()
+					if _, err := conns[w].Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", names[i]); err != nil {
+						return err
+					}
+					if _, err := conns[w].Exec(ctx, "DROP ROLE "+ident(names[i])); err != nil || !checks {
+						return err
+					}
+					var left int
+					if err := conns[w].QueryRow(ctx, rawChecksSQL, names[i]).Scan(&left); err != nil {
+						return err
+					}
+					if left != 0 {
+						return fmt.Errorf("%s: %d left", names[i], left)
+					}
+					return failedLogin(ctx, names[i])
+				})
+				elapsed := time.Since(start)
+				b.StopTimer()
+				report(b, lat, elapsed, "revocations")
+			})
+		}
+		b.Run(fmt.Sprintf("raw-failed-login/c=%d", conc), func(b *testing.B) {
+			f := newFixture(b)
 			b.ResetTimer()
 			start := time.Now()
-			lat := runConcurrent(b, b.N, conc, func(w, i int) error {
-				ctx := context.Background()
-				if _, err := conns[w].Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", names[i]); err != nil {
-					return err
-				}
-				_, err := conns[w].Exec(ctx, "DROP ROLE "+ident(names[i]))
-				return err
+			lat := runConcurrent(b, b.N, conc, func(_, i int) error {
+				return failedLogin(context.Background(), fmt.Sprintf("%sr%d", f.prefix, i))
 			})
 			elapsed := time.Since(start)
 			b.StopTimer()
-			report(b, lat, elapsed, "revocations")
+			report(b, lat, elapsed, "logins")
 		})
 	}
+}
+
+// rawChecksSQL is a bare client's version of what Verify reads for one
+// dropped role: the role, its memberships, what it owns or holds, and its
+// sessions. $1: the role's name.
+const rawChecksSQL = `
+SELECT (SELECT count(*) FROM pg_roles WHERE rolname = $1)
+     + (SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid IN (m.roleid, m.member) WHERE r.rolname = $1)
+     + (SELECT count(*) FROM pg_shdepend s JOIN pg_roles r ON r.oid = s.refobjid WHERE s.refclassid = 'pg_authid'::regclass AND r.rolname = $1)
+     + (SELECT count(*) FROM pg_stat_activity WHERE usename = $1)`
+
+// failedLogin attempts a login as user, which must be refused.
+func failedLogin(ctx context.Context, user string) error {
+	cfg, err := pgconn.ParseConfig(adminDSN())
+	if err != nil {
+		return err
+	}
+	cfg.User, cfg.Password = user, "not-the-password"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err == nil {
+		_ = conn.Close(ctx)
+		return fmt.Errorf("login as %s accepted", user)
+	}
+	return nil
 }
 
 // BenchmarkRevokeLiveSession: one revocation at a time of a role with an
@@ -311,6 +372,20 @@ func BenchmarkExpire1000Together(b *testing.B) {
 	for _, probe := range []bool{true, false} {
 		b.Run(fmt.Sprintf("login-probe=%v", probe), func(b *testing.B) { benchExpire1000(b, probe) })
 	}
+	// The floor of the probe alone: 1,000 refused logins by 8 bare callers.
+	b.Run("raw-1000-failed-logins", func(b *testing.B) {
+		const n, conc = 1000, 8
+		f := newFixture(b)
+		var total time.Duration
+		for range b.N {
+			start := time.Now()
+			runConcurrent(b, n, conc, func(_, i int) error {
+				return failedLogin(context.Background(), fmt.Sprintf("%sr%d", f.prefix, i))
+			})
+			total += time.Since(start)
+		}
+		b.ReportMetric(total.Seconds()/float64(b.N), "s/1000-batch")
+	})
 }
 
 func benchExpire1000(b *testing.B, probe bool) {

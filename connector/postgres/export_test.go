@@ -37,3 +37,7 @@ func LargestBatches(c *Conn) (revoke, verify int) {
 
 // GrantOptionCheckAge is how old a grant-option check Grant may reuse.
 const GrantOptionCheckAge = grantOptionCheckAge
+
+// WaitRiskRenewals waits until c's background renewals of grant-option
+// checks have finished.
+func WaitRiskRenewals(c *Conn) { c.renewals.Wait() }

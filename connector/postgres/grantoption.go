@@ -52,6 +52,7 @@ type riskCheck struct {
 	risks     []grantOptionRisk
 	truncated bool
 	err       error
+	renewing  bool // a replacement is being made (guarded by riskMu)
 }
 
 // grantOptionRisk is one way the entitled roles let a principal pass a
@@ -327,8 +328,15 @@ func (c *Conn) riskCheck(ctx context.Context, key string, roles []string, fresh 
 			case <-rc.done:
 				// time.Now, not the connector's clock: this is a cache, and
 				// a test clock that stands still must not make it permanent.
-				if time.Since(rc.at) >= grantOptionCheckAge {
+				switch age := time.Since(rc.at); {
+				case age >= grantOptionCheckAge:
 					rc = nil
+				case age >= grantOptionCheckAge/2 && !rc.renewing:
+					// Half its life gone: one caller makes the next check
+					// in the background while this one still serves, so
+					// a steady stream of Grants never waits for a check.
+					rc.renewing = true
+					c.renewRiskCheck(key, roles)
 				}
 			default: // under way
 			}
@@ -366,6 +374,28 @@ func (c *Conn) riskCheck(ctx context.Context, key string, roles []string, fresh 
 			return rc, nil
 		}
 	}
+}
+
+// renewRiskCheck makes a new check of roles in the background and, if it
+// succeeds, puts it in place of the old one. A failure leaves the old one
+// to expire, after which Grants wait for a check of their own and see the
+// error. Called with riskMu held.
+func (c *Conn) renewRiskCheck(key string, roles []string) {
+	next := &riskCheck{done: make(chan struct{}), at: time.Now()}
+	c.renewals.Add(1)
+	go func() {
+		defer c.renewals.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+		defer cancel()
+		next.risks, next.truncated, next.err = c.grantOptionRisks(ctx, roles)
+		close(next.done)
+		if next.err != nil {
+			return
+		}
+		c.riskMu.Lock()
+		c.riskChecks[key] = next
+		c.riskMu.Unlock()
+	}()
 }
 
 // checkGrantOptions looks at the spec's entitled roles and refuses them if

@@ -303,3 +303,40 @@ func TestGrantOptionRiskAccepted(t *testing.T) {
 		f.exec(t, ctx, "REVOKE SELECT ON "+f.table+" FROM "+ident(bob))
 	}
 }
+
+// TestGrantOptionCheckRenewedAhead: once a check is half its age, a Grant
+// renews it in the background, and a grant option given before that renewal
+// started is seen by the next Grant, well before the old check would have
+// expired.
+func TestGrantOptionCheckRenewedAhead(t *testing.T) {
+	f := newFixture(t)
+	ctx := bg(t)
+	c := f.open(t)
+	give := "GRANT SELECT ON " + f.table + " TO " + ident(f.group) + " WITH GRANT OPTION"
+	take := "REVOKE GRANT OPTION FOR SELECT ON " + f.table + " FROM " + ident(f.group)
+	for attempt := 1; ; attempt++ {
+		postgres.WaitRiskRenewals(c)
+		time.Sleep(postgres.GrantOptionCheckAge) // every earlier check has expired
+		id, g := grant(t, c, f.spec())           // the first check
+		revoke(t, c, id, f.spec(), g)
+		f.exec(t, ctx, give)
+		time.Sleep(postgres.GrantOptionCheckAge/2 + 50*time.Millisecond)
+		// Served by the first check, still young enough; starts the
+		// renewal. Refused only if this machine stalled so long that the
+		// first check expired: then try again.
+		_, err := c.Grant(ctx, grantRequest(newGrantID(), f.spec()))
+		if lapse.ErrorCode(err) == lapse.EINVALID && attempt < 3 {
+			f.exec(t, ctx, take)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("Grant within the first check's age: %v", err)
+		}
+		break
+	}
+	postgres.WaitRiskRenewals(c)
+	_, err := c.Grant(ctx, grantRequest(newGrantID(), f.spec()))
+	if lapse.ErrorCode(err) != lapse.EINVALID || !strings.Contains(lapse.ErrorMessage(err), f.group+" holds SELECT WITH GRANT OPTION") {
+		t.Fatalf("Grant after the renewal: %v, want EINVALID naming the grant option", err)
+	}
+}

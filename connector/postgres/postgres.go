@@ -94,6 +94,7 @@ type Conn struct {
 	// riskMu guards riskChecks: recent grant-option checks by set of
 	// entitled roles (see checkGrantOptions).
 	riskMu     sync.Mutex
+	renewals   sync.WaitGroup // background renewals of risk checks
 	riskChecks map[string]*riskCheck
 
 	// skip names a revoke step to leave out; set only by tests (export_test.go)
@@ -221,6 +222,7 @@ func (c *Conn) Close() error {
 	c.dbPools = nil
 	c.mu.Unlock()
 	c.creds.close()
+	c.renewals.Wait()
 	for _, p := range pools {
 		p.Close()
 	}

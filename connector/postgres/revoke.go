@@ -2,12 +2,15 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lapsehq/lapse"
@@ -265,6 +268,23 @@ func (c *Conn) revokeFast(ctx context.Context, items []*revokeItem) {
 		oids = append(oids, it.in.oids...)
 		roles = append(roles, it.roles...)
 	}
+	for _, r := range roles {
+		oids = appendNew(oids, r.oid)
+	}
+	var signalled victims
+	if c.skip == "" && len(roles) > 0 {
+		var err error
+		signalled, err = c.revokeInOneTrip(ctx, roles, oids, names)
+		if err == nil {
+			c.finishOneTrip(ctx, items, oids, names, signalled)
+			return
+		}
+		// Anything unusual (a role that owns objects, a role dropped
+		// meanwhile by a concurrent Revoke): the steps one by one, each of
+		// which tolerates what the trip already did. The sessions it
+		// signalled are counted there.
+		c.logger.Debug("postgres: one-trip revoke fell back to steps", "roles", len(roles), "err", err)
+	}
 	if !c.skipped(stepFence) {
 		if err := c.fence(ctx, roles); err != nil {
 			fail(err)
@@ -279,14 +299,12 @@ func (c *Conn) revokeFast(ctx context.Context, items []*revokeItem) {
 		}
 	}
 	if !c.skipped(stepTerminate) {
-		for _, r := range roles {
-			oids = appendNew(oids, r.oid)
-		}
 		victims, err := c.terminate(ctx, oids, names, nil)
 		if err != nil {
 			fail(err)
 			return
 		}
+		victims = signalled.merge(victims)
 		for _, it := range items {
 			if n := victims.of(it.in.names(), it.in.oids, it.roles); n > 0 {
 				it.resp.Actions = append(it.resp.Actions, fmt.Sprintf("terminated %d sessions", n))
@@ -298,7 +316,7 @@ func (c *Conn) revokeFast(ctx context.Context, items []*revokeItem) {
 		for i, r := range roles {
 			q[i] = quoteIdent(r.name)
 		}
-		_, err := c.pool.Exec(ctx, "DROP ROLE IF EXISTS "+strings.Join(q, ", "))
+		err := c.execCatalog(ctx, "DROP ROLE IF EXISTS "+strings.Join(q, ", "))
 		switch {
 		case err == nil:
 			for _, it := range items {
@@ -324,6 +342,126 @@ func (c *Conn) revokeFast(ctx context.Context, items []*revokeItem) {
 		}
 	}
 	for _, it := range items {
+		if len(it.roles) == 0 {
+			it.resp.Actions = append(it.resp.Actions, "no role of the grant left to drop")
+		}
+	}
+}
+
+// revokeInOneTrip does the set-wise revocation's three steps in one
+// round trip, as one simple-protocol query:
+//
+//	BEGIN; ALTER ROLE … NOLOGIN; …; COMMIT;     -- the fence, committed
+//	WITH victims … pg_terminate_backend(pid);   -- signal every session
+//	DROP ROLE IF EXISTS …                       -- synchronous commit
+//
+// The fence commits before the signal is sent, as in the stepwise path, so
+// no new session can start once sessions are signalled. The drop then
+// follows without waiting for the signalled backends to exit: they are
+// left without a role (usename NULL), still matched by OID, and
+// finishOneTrip waits for them. A concurrent session cannot give the role
+// something to own in between: recording an owner locks the role and
+// checks that it still exists. Every value in the query is a validated
+// role name or a number, quoted by quoteIdent and quoteLiteral.
+//
+// It returns the sessions it signalled. On any error (a role that owns
+// objects refuses DROP ROLE, a role dropped by a concurrent Revoke aborts
+// the fence) the caller takes the stepwise path, which tolerates whatever
+// part of this already happened.
+func (c *Conn) revokeInOneTrip(ctx context.Context, roles []foundRole, oids []uint32, names []string) (victims, error) {
+	var b strings.Builder
+	fence := false
+	for _, r := range roles {
+		if r.canLogin {
+			if !fence {
+				b.WriteString("BEGIN;\nSET LOCAL synchronous_commit = off;\n")
+				fence = true
+			}
+			b.WriteString("ALTER ROLE " + quoteIdent(r.name) + " NOLOGIN;\n")
+		}
+	}
+	if fence {
+		b.WriteString("COMMIT;\n")
+	}
+	nameLits := make([]string, len(names))
+	for i, n := range names {
+		lit, err := quoteLiteral(n)
+		if err != nil {
+			return nil, err
+		}
+		nameLits[i] = lit
+	}
+	oidLits := make([]string, len(oids))
+	for i, o := range oids {
+		oidLits[i] = strconv.FormatUint(uint64(o), 10)
+	}
+	b.WriteString(victimsCTE("ARRAY["+strings.Join(oidLits, ",")+"]::oid[]", "ARRAY["+strings.Join(nameLits, ",")+"]::text[]", "'{}'::text[]"))
+	b.WriteString("SELECT pid, usename, usesysid FROM victims WHERE pg_catalog.pg_terminate_backend(pid);\n")
+	q := make([]string, len(roles))
+	for i, r := range roles {
+		q[i] = quoteIdent(r.name)
+	}
+	b.WriteString("DROP ROLE IF EXISTS " + strings.Join(q, ", "))
+
+	conn, err := c.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release()
+	pc := conn.Conn().PgConn()
+	results, err := pc.Exec(ctx, b.String()).ReadAll()
+	if pc.TxStatus() == 'E' {
+		// The fence failed inside its BEGIN: end that transaction so the
+		// connection goes back to the pool clean.
+		_ = pc.Exec(ctx, "ROLLBACK").Close()
+	}
+	var out victims
+	for _, r := range results {
+		if r.Err != nil {
+			return out, r.Err
+		}
+		if len(r.FieldDescriptions) != 3 {
+			continue
+		}
+		for _, row := range r.Rows {
+			pid, err1 := strconv.ParseInt(string(row[0]), 10, 32)
+			oid, err2 := strconv.ParseUint(string(row[2]), 10, 32)
+			if err1 != nil || err2 != nil {
+				return out, fmt.Errorf("postgres: unreadable session row")
+			}
+			out = append(out, victim{pid: int32(pid), name: string(row[1]), oid: uint32(oid)})
+		}
+	}
+	return out, err
+}
+
+// finishOneTrip waits for the sessions revokeInOneTrip signalled to exit
+// (terminate signals again whatever is left, matched by OID now that the
+// roles are gone) and records the actions.
+func (c *Conn) finishOneTrip(ctx context.Context, items []*revokeItem, oids []uint32, names []string, signalled victims) {
+	all := signalled
+	if len(signalled) > 0 {
+		more, err := c.terminate(ctx, oids, names, nil)
+		if err != nil {
+			for _, it := range items {
+				it.err = err
+			}
+			return
+		}
+		all = signalled.merge(more)
+	}
+	for _, it := range items {
+		for _, r := range it.roles {
+			if r.canLogin {
+				it.resp.Actions = append(it.resp.Actions, "set role "+r.name+" NOLOGIN")
+			}
+		}
+		if n := all.of(it.in.names(), it.in.oids, it.roles); n > 0 {
+			it.resp.Actions = append(it.resp.Actions, fmt.Sprintf("terminated %d sessions", n))
+		}
+		for _, r := range it.roles {
+			it.resp.Actions = append(it.resp.Actions, "dropped role "+r.name)
+		}
 		if len(it.roles) == 0 {
 			it.resp.Actions = append(it.resp.Actions, "no role of the grant left to drop")
 		}
@@ -442,7 +580,7 @@ func (c *Conn) fence(ctx context.Context, roles []foundRole) error {
 		return nil
 	}
 	// One implicit transaction (simple protocol): all or nothing.
-	if _, err := c.pool.Exec(ctx, "SET LOCAL synchronous_commit = off;\n"+b.String()); err != nil {
+	if err := c.execCatalog(ctx, "SET LOCAL synchronous_commit = off;\n"+b.String()); err != nil {
 		if pgCode(err) != sqlstateUndefinedObject {
 			return dbError("fence roles", err)
 		}
@@ -517,21 +655,14 @@ func (c *Conn) terminate(ctx context.Context, oids []uint32, names, accounts []s
 	// sent: in a plain WHERE clause the planner may evaluate quals in any
 	// order, and pg_terminate_backend must never see a row that does not
 	// match.
-	const match = `
-WITH victims AS MATERIALIZED (
-  SELECT pid, coalesce(usename::text, '') AS usename, usesysid FROM pg_catalog.pg_stat_activity
-  WHERE (usename = ANY($2::text[]) OR usename = ANY($3::text[])
-         OR (usesysid = ANY($1::oid[]) AND usename IS NULL))
-    AND pid <> pg_catalog.pg_backend_pid()
-)
-`
-	const signal = match + `SELECT pid, usename, usesysid FROM victims WHERE pg_catalog.pg_terminate_backend(pid)`
+	match := victimsCTE("$1::oid[]", "$2::text[]", "$3::text[]")
+	signal := match + `SELECT pid, usename, usesysid FROM victims WHERE pg_catalog.pg_terminate_backend(pid)`
 	// pg_terminate_backend(pid, timeout) waits until that backend has
 	// exited (PostgreSQL 14+). Every victim was signalled already, so they
 	// exit in parallel and the waits overlap. The victims are matched
 	// again rather than taken from the list, so a PID reused meanwhile by
 	// another backend is never touched.
-	const wait = match + `SELECT count(*) FROM victims WHERE pg_catalog.pg_terminate_backend(pid, $4)`
+	wait := match + `SELECT count(*) FROM victims WHERE pg_catalog.pg_terminate_backend(pid, $4)`
 	deadline := time.Now().Add(c.cfg.TerminateWait.D())
 	seen := make(map[int32]bool)
 	var out victims
@@ -570,6 +701,44 @@ WITH victims AS MATERIALIZED (
 	}
 }
 
+// execCatalog runs a statement that changes the grant's roles. Two
+// revocations of the same role may meet (a release and a deadline, or a
+// Revoke repeated while the first still runs): PostgreSQL then refuses the
+// second change with "tuple concurrently updated" or "tuple concurrently
+// deleted" (SQLSTATE XX000) instead of waiting. The statement is
+// idempotent, so it is simply run again, a few times, after the other
+// change has committed.
+func (c *Conn) execCatalog(ctx context.Context, sql string) error {
+	var err error
+	for range 4 {
+		if _, err = c.pool.Exec(ctx, sql); !concurrentCatalogChange(err) {
+			return err
+		}
+	}
+	return err
+}
+
+// concurrentCatalogChange reports whether err is PostgreSQL's refusal of a
+// catalog change that met a concurrent one on the same row.
+func concurrentCatalogChange(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "XX000" && strings.HasPrefix(pe.Message, "tuple concurrently ")
+}
+
+// victimsCTE defines the CTE "victims": the backends whose session user
+// is one of names or accounts, or whose role is gone and whose OID is one of
+// oids. The arguments are SQL array expressions (parameters or literals).
+func victimsCTE(oids, names, accounts string) string {
+	return `
+WITH victims AS MATERIALIZED (
+  SELECT pid, coalesce(usename::text, '') AS usename, usesysid FROM pg_catalog.pg_stat_activity
+  WHERE (usename = ANY(` + names + `) OR usename = ANY(` + accounts + `)
+         OR (usesysid = ANY(` + oids + `) AND usename IS NULL))
+    AND pid <> pg_catalog.pg_backend_pid()
+)
+`
+}
+
 // victim is a backend that terminate signalled.
 type victim struct {
 	pid  int32
@@ -578,6 +747,17 @@ type victim struct {
 }
 
 type victims []victim
+
+// merge returns vs with the victims of more that it does not hold already.
+func (vs victims) merge(more victims) victims {
+	out := slices.Clone(vs)
+	for _, v := range more {
+		if !slices.ContainsFunc(out, func(w victim) bool { return w.pid == v.pid }) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
 
 // of counts the victims that belong to a grant: by session user name, or
 // by OID for sessions whose role is gone.
@@ -599,7 +779,7 @@ func (vs victims) of(names []string, oids []uint32, roles []foundRole) int {
 // if the plain DROP ROLE is refused for that.
 func (c *Conn) dropRole(ctx context.Context, r foundRole) ([]string, error) {
 	drop := "DROP ROLE IF EXISTS " + quoteIdent(r.name)
-	_, err := c.pool.Exec(ctx, drop)
+	err := c.execCatalog(ctx, drop)
 	if err == nil {
 		return []string{"dropped role " + r.name}, nil
 	}

@@ -163,6 +163,14 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 		return nil, err
 	}
 	checkedAt := c.clock.Now().UTC().Format(time.RFC3339Nano)
+	// The login probe starts a backend on the server, which costs more
+	// than everything else Verify does; it runs while the catalog is read.
+	// Both only observe, and both start after Revoke returned.
+	var probe loginProbe
+	if in.mode != modeElevation && !c.cfg.NoLoginProbe {
+		probe.start(ctx, c, in.login, req.Probe["password"])
+		defer probe.wait()
+	}
 	var ob observation
 	if len(in.accounts) > 0 {
 		err = c.pool.QueryRow(ctx, verifySQL, nonNil(in.accounts), nonNil(in.groups), in.names(), oidArray(in.oids)).Scan(
@@ -226,11 +234,11 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 	} else if c.cfg.NoLoginProbe {
 		role.Evidence["login_probe"] = "disabled by configuration (no_login_probe); the role's absence from pg_authid is the evidence"
 	} else {
-		probe, accepted, err := c.probeLogin(ctx, in.login, req.Probe["password"])
+		evidence, accepted, err := probe.wait()
 		if err != nil {
 			return nil, err
 		}
-		role.Evidence["login_probe"] = probe
+		role.Evidence["login_probe"] = evidence
 		if accepted {
 			role.Residue = append(role.Residue, "login as "+in.login+" succeeded")
 		}
@@ -258,6 +266,35 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 	}
 	sess.Gone = len(sess.Residue) == 0
 	return &connector.VerifyResponse{Checkpoints: []connector.CheckpointResult{role, sess}}, nil
+}
+
+// loginProbe is a probeLogin running beside the rest of Verify.
+type loginProbe struct {
+	done     chan struct{}
+	evidence map[string]any
+	accepted bool
+	err      error
+}
+
+// start runs probeLogin in the background. The password is read here, not
+// in the goroutine: the caller clears its probe material once Verify
+// returns.
+func (p *loginProbe) start(ctx context.Context, c *Conn, user, password string) {
+	p.done = make(chan struct{})
+	go func() {
+		defer close(p.done)
+		p.evidence, p.accepted, p.err = c.probeLogin(ctx, user, password)
+	}()
+}
+
+// wait returns the probe's outcome once it has finished. Verify waits for
+// it on every path, so no probe outlives the call that started it.
+func (p *loginProbe) wait() (map[string]any, bool, error) {
+	if p.done == nil {
+		return nil, false, nil
+	}
+	<-p.done
+	return p.evidence, p.accepted, p.err
 }
 
 // probeLogin attempts a real login as user. With the grant's password it is
