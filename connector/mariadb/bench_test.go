@@ -21,18 +21,30 @@ import (
 )
 
 // Benchmarks compare the connector with a bare client issuing the same
-// statements in the same run:
+// statements in the same run; run them a few times, each time all of them,
+// so that the two alternate (-count would repeat each one in a row):
 //
-//	go test ./connector/mariadb/ -run '^$' -bench . -benchtime 200x
+//	for i in 1 2 3; do go test ./connector/mariadb/ -run '^$' -bench . -benchtime 300x -count 1; done
+//
+// The connector runs with its default configuration (a pool of
+// max_open_conns = 8); the bare client has one connection per concurrent
+// caller and issues its statements one after another.
 //
 // Provision: connector Grant (spec: one pre-made role, which becomes the
 // default role) vs CREATE OR REPLACE USER … IDENTIFIED BY PASSWORD, GRANT
 // role, SET DEFAULT ROLE.
 //
-// Revoke: connector Revoke followed by Verify (catalog, process list,
-// definer objects, grants made, and a real login attempt) vs the raw floor
-// KILL HARD CONNECTION USER + DROP USER; with no session, or one open
-// session per grant that must be killed.
+// Revoke: connector Revoke, alone or followed by Verify (catalog, process
+// list, definer objects, grants made, and a real login attempt), with no
+// session or with one open session per grant that must be killed, vs two
+// floors from the bare client:
+//
+//   - raw: KILL HARD CONNECTION USER + DROP USER;
+//   - raw+verify: the same, then the reads Verify makes (the connector's
+//     own catalog statements for one user, and SHOW PROCESSLIST) and one
+//     login attempt with the dropped account's password, which must fail.
+//
+// FailedLogin: one bare login attempt that the server refuses, alone.
 
 // benchChunk bounds how many grants (and sessions) exist at once, so that
 // open sessions stay well under the server's max_connections.
@@ -105,6 +117,18 @@ func rawClient(b *testing.B, par int) *sql.DB {
 	return db
 }
 
+// benchUsers returns n user names of the form the connector makes (the
+// fixture's prefix and a fresh grant ID), so that the bare client's
+// statements are the connector's: the server's work on an account depends
+// a little on its name.
+func benchUsers(f *fixture, n int) []string {
+	users := make([]string, n)
+	for i := range users {
+		users[i] = mariadb.UserName(f.prefix, lapse.NewID(lapse.PrefixGrant, time.Now()))
+	}
+	return users
+}
+
 func holdSession(user, password string) (driver.Conn, error) {
 	cfg, err := mysql.ParseDSN(testDSN())
 	if err != nil {
@@ -122,7 +146,7 @@ func BenchmarkProvision(b *testing.B) {
 	for _, par := range []int{1, 8} {
 		b.Run(fmt.Sprintf("connector/c=%d", par), func(b *testing.B) {
 			f := newFixture(b)
-			c := f.open(b, func(cfg *mariadb.Config) { cfg.MaxOpenConns = par })
+			c := f.open(b)
 			spec := map[string]any{"roles": []any{f.role}}
 			ids := make([]string, b.N)
 			for i := range ids {
@@ -141,9 +165,10 @@ func BenchmarkProvision(b *testing.B) {
 			f := newFixture(b)
 			db := rawClient(b, par)
 			hash := nativeHash("bench-" + rnd(16))
+			users := benchUsers(f, b.N)
 			b.ResetTimer()
 			runConcurrent(b, b.N, par, func(i int) error {
-				acct := fmt.Sprintf("`%s%d`@`%%`", f.prefix, i)
+				acct := "`" + users[i] + "`@`%`"
 				for _, s := range []string{
 					"CREATE OR REPLACE USER " + acct + " IDENTIFIED BY PASSWORD '" + hash + "'",
 					"GRANT `" + f.role + "` TO " + acct,
@@ -167,14 +192,15 @@ func BenchmarkRevoke(b *testing.B) {
 			name := fmt.Sprintf("sessions=%d/c=%d", sessions, par)
 			b.Run("connector+verify/"+name, func(b *testing.B) { benchConnectorRevoke(b, par, sessions, true) })
 			b.Run("connector/"+name, func(b *testing.B) { benchConnectorRevoke(b, par, sessions, false) })
-			b.Run("raw/"+name, func(b *testing.B) { benchRawRevoke(b, par, sessions) })
+			b.Run("raw/"+name, func(b *testing.B) { benchRawRevoke(b, par, sessions, false) })
+			b.Run("raw+verify/"+name, func(b *testing.B) { benchRawRevoke(b, par, sessions, true) })
 		}
 	}
 }
 
 func benchConnectorRevoke(b *testing.B, par, sessions int, verify bool) {
 	f := newFixture(b)
-	c := f.open(b, func(cfg *mariadb.Config) { cfg.MaxOpenConns = par })
+	c := f.open(b)
 	spec := map[string]any{"roles": []any{f.role}}
 	var (
 		ids   []string
@@ -222,7 +248,7 @@ func benchConnectorRevoke(b *testing.B, par, sessions int, verify bool) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "revokes/s")
 }
 
-func benchRawRevoke(b *testing.B, par, sessions int) {
+func benchRawRevoke(b *testing.B, par, sessions int, verify bool) {
 	f := newFixture(b)
 	db := rawClient(b, par)
 	pw := "bench-" + rnd(16)
@@ -230,13 +256,10 @@ func benchRawRevoke(b *testing.B, par, sessions int) {
 	var (
 		users []string
 		held  []driver.Conn
-		round int
 	)
 	chunks(b, par, func(n int) {
-		round++
-		users, held = make([]string, n), nil
+		users, held = benchUsers(f, n), nil
 		for i := range n {
-			users[i] = fmt.Sprintf("%s%d_%d", f.prefix, round, i)
 			acct := "`" + users[i] + "`@`%`"
 			for _, s := range []string{
 				"CREATE OR REPLACE USER " + acct + " IDENTIFIED BY PASSWORD '" + hash + "'",
@@ -259,12 +282,72 @@ func benchRawRevoke(b *testing.B, par, sessions int) {
 		if _, err := db.Exec("KILL HARD CONNECTION USER `" + users[i] + "`"); err != nil {
 			return err
 		}
-		_, err := db.Exec("DROP USER `" + users[i] + "`@`%`")
-		return err
+		if _, err := db.Exec("DROP USER `" + users[i] + "`@`%`"); err != nil {
+			return err
+		}
+		if !verify {
+			return nil
+		}
+		return rawVerify(db, users[i], pw)
 	}, func() {
 		for _, s := range held {
 			s.Close()
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "revokes/s")
+}
+
+// rawVerify issues the reads Verify makes for user, one after another, and
+// one login attempt with password, which must be refused.
+func rawVerify(db *sql.DB, user, password string) error {
+	queries, args := mariadb.VerifyReads(user)
+	queries = append(queries, "SHOW PROCESSLIST")
+	args = append(args, nil)
+	for i, q := range queries {
+		rows, err := db.Query(q, args[i]...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+	}
+	return failedLogin(user, password)
+}
+
+// failedLogin attempts a login as user that the server must refuse.
+func failedLogin(user, password string) error {
+	cfg, err := mysql.ParseDSN(testDSN())
+	if err != nil {
+		return err
+	}
+	cfg.User, cfg.Passwd, cfg.DBName = user, password, ""
+	mc, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return err
+	}
+	c, err := mc.Connect(context.Background())
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("login as %s succeeded", user)
+	}
+	if n := mysqlErrno(err); n != 1045 && n != 1698 {
+		return fmt.Errorf("login as %s: %w, want access denied", user, err)
+	}
+	return nil
+}
+
+func BenchmarkFailedLogin(b *testing.B) {
+	for _, par := range []int{1, 8} {
+		b.Run(fmt.Sprintf("raw/c=%d", par), func(b *testing.B) {
+			f := newFixture(b)
+			user := benchUsers(f, 1)[0]
+			b.ResetTimer()
+			runConcurrent(b, b.N, par, func(int) error { return failedLogin(user, "bench-"+user) })
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "logins/s")
+		})
+	}
 }

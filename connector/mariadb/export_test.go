@@ -1,5 +1,7 @@
 package mariadb
 
+import "sync"
+
 // Sabotage makes the named Revoke step ("lock", "kill", "definers",
 // "grantor", "drop", "event") silently do nothing, or restores it. Tests use
 // it to prove that Verify, which trusts nothing Revoke did, catches a
@@ -9,4 +11,26 @@ func Sabotage(c *Conn, step string, on bool) {
 		c.sabotage = map[string]bool{}
 	}
 	c.sabotage[step] = on
+}
+
+// VerifyReads returns the catalog reads Verify makes for one user, each
+// with its arguments, so that a benchmark can issue the same reads from a
+// bare client.
+func VerifyReads(user string) (queries []string, args [][]any) {
+	users := []string{user}
+	return []string{catalogSQL(1, true), definitionsSQL(1)},
+		[][]any{catalogArgs(users, true), definitionsArgs(users)}
+}
+
+// LargestBatches returns the largest batch each batcher has run: catalog
+// reads, process list reads, drops.
+func LargestBatches(c *Conn) (trace, process, drop int) {
+	get := func(mu *sync.Mutex, n *int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return *n
+	}
+	return get(&c.traceBatches.mu, &c.traceBatches.largest),
+		get(&c.processBatches.mu, &c.processBatches.largest),
+		get(&c.dropBatches.mu, &c.dropBatches.largest)
 }

@@ -1,10 +1,10 @@
 // Package mariadb is the MariaDB connector: one ephemeral user per grant,
 // with a host limit, a random password sent to the server only as its
 // mysql_native_password hash, and the entitled roles and privileges.
-// Revoke locks the account, kills every connection of the user (DROP USER
-// alone leaves them running), deals with objects whose DEFINER it is and
-// with grants it made, then drops it. Verify checks all of that again,
-// read-only, and tries a real login with the grant's password.
+// Revoke drops the account, kills every connection of the user (DROP USER
+// alone leaves them running), and deals with objects whose DEFINER it is
+// and with grants it made. Verify checks all of that again, read-only, and
+// tries a real login with the grant's password.
 //
 // See docs/connectors/mariadb.md for configuration, the spec and the
 // security reasoning.
@@ -27,9 +27,10 @@ import (
 	"github.com/lapsehq/lapse/connector"
 )
 
-// Conn is a MariaDB connector. It is safe for concurrent use; it holds no
-// lock across grants, so the server's own locking is the only
-// serialisation.
+// Conn is a MariaDB connector. It is safe for concurrent use. Grant takes
+// no lock. Concurrent Revokes and Verifies share their reads and drops in
+// batches (batch.go): a batch serves every caller waiting when it starts,
+// and a lone caller runs at once.
 type Conn struct {
 	cfg    Config
 	name   string
@@ -40,6 +41,12 @@ type Conn struct {
 	// sabotage makes named Revoke steps silently do nothing. Only tests set
 	// it (export_test.go), to prove that Verify catches what Revoke left.
 	sabotage map[string]bool
+	// Concurrent Revokes and Verifies share their catalog scans and
+	// process list reads (batch.go, reads.go).
+	traceBatches   *batcher[*traceItem]
+	processBatches *batcher[*processItem]
+	// Concurrent Revokes drop their accounts together (revoke.go).
+	dropBatches *batcher[*dropItem]
 }
 
 // state is what Grant hands the broker to keep. It never holds a secret.
@@ -133,6 +140,15 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Conn{cfg: cfg, name: name, db: db, admin: admin, clock: env.Clock, logger: logger.With("connector", "mariadb", "target", name)}
+	// One batch of each kind at a time per eight pooled connections: the
+	// reads batched are server-bound (the scans, the process list, DROP
+	// USER under the server's privilege lock), so one batch serving every
+	// pending caller beats several running side by side, and a lone caller
+	// still runs at once.
+	leaders := max(1, cfg.MaxOpenConns/8)
+	c.traceBatches = &batcher[*traceItem]{maxRunning: leaders, run: c.traceBatch}
+	c.processBatches = &batcher[*processItem]{maxRunning: leaders, run: c.processBatch}
+	c.dropBatches = &batcher[*dropItem]{maxRunning: leaders, run: c.dropBatch}
 	if err := c.check(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -243,22 +259,35 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 		st.Event = c.cfg.ExpiryEventSchema + "." + user
 	}
 	stmts := grantStatements(user, host, nativePasswordHash(password), spec, st.Event, req.ExpiresAt)
-	for i, s := range stmts {
-		if _, err := c.db.ExecContext(ctx, s.sql); err != nil {
+	// The account and its privileges go in one round trip; the expiry
+	// event, which a compound statement cannot create, in a second.
+	groups := [][]stmt{stmts}
+	if st.Event != "" {
+		groups = [][]stmt{stmts[:len(stmts)-1], stmts[len(stmts)-1:]}
+	}
+	done := 0
+	for _, g := range groups {
+		sqls := make([]string, len(g))
+		for i, s := range g {
+			sqls[i] = s.sql
+		}
+		_, failed, err := c.execBlock(ctx, sqls)
+		if err != nil {
 			c.undoGrant(user, host, st.Event)
 			var me *mysql.MySQLError
 			if errors.As(err, &me) && me.Number == errInvalidRole {
 				return nil, lapse.FieldErrorf(lapse.EINVALID, "spec.roles", "a role of the spec does not exist on the target")
 			}
-			// s.what names the step. The statement holds the password hash,
-			// and a server message can quote the statement ("near '…'"), so
-			// a server error is reduced to its number.
-			op := fmt.Sprintf("mariadb: grant %s: step %d (%s)", user, i+1, s.what)
+			// The step is named by what; the statement holds the password
+			// hash, and a server message can quote the statement ("near
+			// '…'"), so a server error is reduced to its number.
+			op := fmt.Sprintf("mariadb: grant %s: %s", user, stepsOf(g, done, failed))
 			if me != nil {
 				return nil, lapse.Internal(op, fmt.Errorf("server error %d (%s)", me.Number, string(me.SQLState[:])))
 			}
 			return nil, c.unavailable(op, err)
 		}
+		done += len(g)
 	}
 	info := map[string]string{
 		"user":         user,
@@ -335,6 +364,48 @@ func grantStatements(user, host, hash string, spec *Spec, event string, expires 
 		out = append(out, stmt{s, "create expiry event"})
 	}
 	return out
+}
+
+// stepsOf names the failed step of g (its index, or -1 if the block does
+// not say which), numbered from done+1.
+func stepsOf(g []stmt, done, failed int) string {
+	if failed >= 0 {
+		return fmt.Sprintf("step %d (%s)", done+failed+1, g[failed].what)
+	}
+	whats := make([]string, len(g))
+	for i, s := range g {
+		whats[i] = s.what
+	}
+	return fmt.Sprintf("one of steps %d-%d (%s)", done+1, done+len(g), strings.Join(whats, "; "))
+}
+
+// execBlock runs stmts, in order, in one round trip: as one anonymous
+// compound statement (BEGIN NOT ATOMIC … END, MariaDB 10.1 and later),
+// which is a single statement to the protocol, so the administrative
+// connection still refuses multiple statements. The first statement that
+// fails ends the block with its error; those before it stand, as they
+// would one by one. It returns the rows affected by the last statement
+// and, if there was only one, the index of the failed statement (-1
+// otherwise).
+func (c *Conn) execBlock(ctx context.Context, stmts []string) (int64, int, error) {
+	var q string
+	switch len(stmts) {
+	case 0:
+		return 0, -1, nil
+	case 1:
+		q = stmts[0]
+	default:
+		q = "BEGIN NOT ATOMIC " + strings.Join(stmts, "; ") + "; END"
+	}
+	res, err := c.db.ExecContext(ctx, q)
+	if err != nil {
+		if len(stmts) == 1 {
+			return 0, 0, err
+		}
+		return 0, -1, err
+	}
+	n, _ := res.RowsAffected()
+	return n, -1, nil
 }
 
 // undoGrant removes what a failed Grant made. It is best effort: the broker

@@ -79,38 +79,44 @@ func (c *Conn) revokeUser(ctx context.Context, user string, resp *connector.Revo
 		resp.Actions = append(resp.Actions, a)
 		c.logger.Info("revoke", "user", user, "action", a)
 	}
-	hosts, err := c.accountHosts(ctx, user)
-	if err != nil {
-		return err
+	// Steps 1 and 2, for this user and any others being revoked at the
+	// same time.
+	it := &dropItem{user: user}
+	if err := c.dropBatches.do(ctx, it); err != nil {
+		return c.unavailable("mariadb: revoke: drop and kill user "+user, err)
 	}
-	if len(hosts) == 0 {
+	if it.alone {
+		c.dropAlone(ctx, it)
+	}
+	if it.err != nil {
+		return it.err
+	}
+	if len(it.hosts) == 0 {
 		act("no account %s on the server", user)
 	}
-	if !c.sabotage[stepDrop] {
-		for _, h := range hosts {
-			if _, err := c.db.ExecContext(ctx, "DROP USER IF EXISTS "+account(user, h)); err != nil {
-				return c.unavailable("mariadb: revoke: drop user "+user+"@"+h, err)
-			}
+	if c.dropping() {
+		for _, h := range it.hosts {
 			act("dropped user %s@%s", user, h)
 		}
 	}
+	kill := c.killing()
 	switch {
 	case c.cfg.UnsafeSkipSessionKill:
 		c.logger.Warn("UNSAFE: unsafe_skip_session_kill is set: live sessions of the user were left running", "user", user)
 		act("UNSAFE: did not kill connections of %s (unsafe_skip_session_kill)", user)
-	case !c.sabotage[stepKill]:
-		n, err := c.killSessions(ctx, user)
+	case kill:
+		n, err := c.killSessions(ctx, user, it.killed)
 		if err != nil {
 			return err
 		}
 		act("killed %d connections of %s", n, user)
 	}
-	objs, grants, err := c.scanMadeBy(ctx, user)
+	tr, err := c.traces(ctx, []string{user}, false)
 	if err != nil {
 		return err
 	}
 	if !c.sabotage[stepDefiners] {
-		for _, o := range objs {
+		for _, o := range tr[0].objects {
 			a, err := c.handleDefiner(ctx, o)
 			if err != nil {
 				return err
@@ -119,7 +125,7 @@ func (c *Conn) revokeUser(ctx context.Context, user string, resp *connector.Revo
 		}
 	}
 	if !c.sabotage[stepGrantor] {
-		for _, g := range grants {
+		for _, g := range tr[0].grants {
 			a, err := c.revokeMadeGrant(ctx, g)
 			if err != nil {
 				return err
@@ -128,6 +134,210 @@ func (c *Conn) revokeUser(ctx context.Context, user string, resp *connector.Revo
 		}
 	}
 	return nil
+}
+
+func killStatement(user string) string { return "KILL HARD CONNECTION USER " + quoteIdent(user) }
+
+// dropping and killing say whether steps 1 and 2 run.
+func (c *Conn) dropping() bool { return !c.sabotage[stepDrop] }
+func (c *Conn) killing() bool  { return !c.cfg.UnsafeSkipSessionKill && !c.sabotage[stepKill] }
+
+// dropItem is one user's steps 1 and 2.
+type dropItem struct {
+	user       string
+	hosts      []string // the hosts of the user's accounts, as found before the drop
+	hostsKnown bool
+	killed     int64 // connections the KILL ended; -1 if not known
+	alone      bool  // the batch failed: the caller runs the steps on its own
+	err        error
+}
+
+// dropAlone runs steps 1 and 2 for one user in two round trips: its
+// accounts' hosts (unless a failed batch found them already), then DROP
+// USER for all of them and KILL, in that order, in one compound statement.
+func (c *Conn) dropAlone(ctx context.Context, it *dropItem) {
+	if !it.hostsKnown {
+		hosts, err := c.accountHosts(ctx, it.user)
+		if err != nil {
+			it.err = err
+			return
+		}
+		it.hosts, it.hostsKnown = hosts, true
+	}
+	hosts := it.hosts
+	var stmts []string
+	if c.dropping() && len(hosts) > 0 {
+		stmts = append(stmts, dropStatement(map[string][]string{it.user: hosts}, []string{it.user}))
+	}
+	kill := c.killing()
+	if kill {
+		stmts = append(stmts, killStatement(it.user))
+	}
+	killed, _, err := c.execBlock(ctx, stmts)
+	if err != nil {
+		var me *mysql.MySQLError
+		if !kill || !errors.As(err, &me) || me.Number != errUnknownThread {
+			it.err = c.unavailable("mariadb: revoke: drop and kill user "+it.user, err)
+			return
+		}
+		// The KILL, which runs last, found no thread to end: the drop
+		// stands, and the process list says whether anything is left.
+		killed = -1
+	}
+	it.killed = killed
+}
+
+// dropStatement drops every account of users, hosts[user] each.
+func dropStatement(hosts map[string][]string, users []string) string {
+	var accts []string
+	for _, u := range users {
+		for _, h := range hosts[u] {
+			accts = append(accts, account(u, h))
+		}
+	}
+	return "DROP USER IF EXISTS " + strings.Join(accts, ", ")
+}
+
+// dropBatch runs steps 1 and 2 for every user of a batch in two round
+// trips: the hosts of all their accounts; then one DROP USER for all of
+// them — one pass through the server's privilege tables instead of one per
+// user — and a KILL per user, each after the drop, in one compound
+// statement that returns how many connections each KILL ended. If the
+// batch fails, each caller runs its own steps, so that an error is its
+// own.
+func (c *Conn) dropBatch(ctx context.Context, items []*dropItem) {
+	if len(items) == 1 {
+		// Run here, not by the caller: while this batch runs, others
+		// gather for the next.
+		for _, it := range items {
+			c.dropAlone(ctx, it)
+		}
+		return
+	}
+	var users []string
+	index := map[string]int{}
+	for _, it := range items {
+		if _, ok := index[it.user]; !ok {
+			index[it.user] = len(users)
+			users = append(users, it.user)
+		}
+	}
+	hosts, err := c.hostsOf(ctx, users)
+	if err != nil {
+		for _, it := range items {
+			it.alone = true
+		}
+		return
+	}
+	for _, it := range items {
+		it.hosts, it.hostsKnown = hosts[it.user], true
+	}
+	killed := make([]int64, len(users))
+	if err := c.dropAndKill(ctx, users, hosts, killed); err != nil {
+		// Some of it may have run; every step is idempotent.
+		for _, it := range items {
+			it.alone = true
+		}
+		return
+	}
+	for _, it := range items {
+		it.killed = killed[index[it.user]]
+	}
+}
+
+// hostsOf returns the hosts of the accounts of each of users.
+func (c *Conn) hostsOf(ctx context.Context, users []string) (map[string][]string, error) {
+	args := make([]any, 0, 2*len(users))
+	for range 2 {
+		for _, u := range users {
+			args = append(args, u)
+		}
+	}
+	rows, err := c.db.QueryContext(ctx, "SELECT FIELD(User, "+placeholders(len(users))+"), Host FROM mysql.global_priv WHERE User IN ("+placeholders(len(users))+")", args...)
+	if err != nil {
+		return nil, c.unavailable("mariadb: list accounts", err)
+	}
+	defer rows.Close()
+	out := map[string][]string{}
+	for rows.Next() {
+		var i int
+		var h string
+		if err := rows.Scan(&i, &h); err != nil {
+			return nil, lapse.Internal("mariadb: scan account host", err)
+		}
+		if i < 1 || i > len(users) {
+			return nil, lapse.Internal("mariadb: list accounts", fmt.Errorf("row for user %d of %d", i, len(users)))
+		}
+		out[users[i-1]] = append(out[users[i-1]], h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, c.unavailable("mariadb: list accounts", err)
+	}
+	return out, nil
+}
+
+// dropAndKill drops the accounts of users and then kills each user's
+// connections, recording in killed how many each KILL ended.
+func (c *Conn) dropAndKill(ctx context.Context, users []string, hosts map[string][]string, killed []int64) error {
+	var b strings.Builder
+	b.WriteString("BEGIN NOT ATOMIC")
+	kill := c.killing()
+	if kill {
+		b.WriteString(" DECLARE ")
+		for i := range users {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "k%d", i)
+		}
+		b.WriteString(" BIGINT DEFAULT 0;")
+	}
+	n := 0
+	if c.dropping() && len(hosts) > 0 {
+		b.WriteString(" " + dropStatement(hosts, users) + ";")
+		n++
+	}
+	if kill {
+		for i, u := range users {
+			fmt.Fprintf(&b, " %s; SET k%d = ROW_COUNT();", killStatement(u), i)
+		}
+		b.WriteString(" SELECT ")
+		for i := range users {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "k%d", i)
+		}
+		b.WriteString(";")
+		n++
+	}
+	b.WriteString(" END")
+	if n == 0 {
+		return nil
+	}
+	if !kill {
+		_, err := c.db.ExecContext(ctx, b.String())
+		return err
+	}
+	rows, err := c.db.QueryContext(ctx, b.String())
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	ptrs := make([]any, len(killed))
+	for i := range killed {
+		ptrs[i] = &killed[i]
+	}
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("no kill counts")
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return err
+	}
+	return rows.Close()
 }
 
 // accountHosts returns the host parts of every account named user.
@@ -151,30 +361,22 @@ func (c *Conn) accountHosts(ctx context.Context, user string) ([]string, error) 
 	return hosts, nil
 }
 
-// killSessions kills every connection of user and waits until the process
-// list shows none, killing again while any appears. A killed connection
-// stays listed until its thread has rolled back and exited. It returns how
-// many were killed, and gives up (without error: Verify reports what is
-// left) after KillWait.
-func (c *Conn) killSessions(ctx context.Context, user string) (int, error) {
-	killed := 0
+// killSessions waits, after a first KILL that ended killed connections
+// (-1: unknown), until the process list shows none of user's, killing
+// again while any appears (a login that had passed authentication as the
+// account was dropped). A killed connection stays listed until its thread
+// has rolled back and exited. It returns how many were killed in all, and
+// gives up (without error: Verify reports what is left) after KillWait.
+func (c *Conn) killSessions(ctx context.Context, user string, first int64) (int, error) {
+	if first == 0 {
+		// Nothing was connected, and with the account dropped nothing can
+		// connect: there is nothing to wait for.
+		return 0, nil
+	}
+	killed := int(max(first, 0))
 	deadline := time.Now().Add(c.cfg.KillWait.D())
 	pause := time.Millisecond
 	for {
-		res, err := c.db.ExecContext(ctx, "KILL HARD CONNECTION USER "+quoteIdent(user))
-		if err != nil {
-			var me *mysql.MySQLError
-			if !errors.As(err, &me) || me.Number != errUnknownThread {
-				return killed, c.unavailable("mariadb: revoke: kill connections of "+user, err)
-			}
-		} else if n, err := res.RowsAffected(); err == nil {
-			killed += int(n)
-			if killed == 0 {
-				// Nothing was connected, and with the account dropped nothing
-				// can connect: there is nothing to wait for.
-				return 0, nil
-			}
-		}
 		left, err := c.processList(ctx, user)
 		if err != nil {
 			return killed, err
@@ -191,65 +393,16 @@ func (c *Conn) killSessions(ctx context.Context, user string) (int, error) {
 		case <-time.After(pause):
 		}
 		pause = min(2*pause, 50*time.Millisecond)
-	}
-}
-
-// thread is one row of the process list.
-type thread struct {
-	ID      int64
-	Host    string
-	Command string
-	Time    int64
-}
-
-// processList returns the connections of user. It reads SHOW PROCESSLIST
-// rather than information_schema.PROCESSLIST: the latter materialises an
-// on-disk temporary table on every query and costs milliseconds; the
-// former reads the thread list directly. Both need the PROCESS privilege
-// to see other users' threads, which New checks.
-func (c *Conn) processList(ctx context.Context, user string) ([]thread, error) {
-	rows, err := c.db.QueryContext(ctx, "SHOW PROCESSLIST")
-	if err != nil {
-		return nil, c.unavailable("mariadb: read process list", err)
-	}
-	defer rows.Close()
-	cols, err := rows.Columns()
-	if err != nil {
-		return nil, c.unavailable("mariadb: read process list", err)
-	}
-	idx := map[string]int{}
-	for i, name := range cols {
-		idx[strings.ToLower(name)] = i
-	}
-	for _, need := range []string{"id", "user", "host", "command", "time"} {
-		if _, ok := idx[need]; !ok {
-			return nil, lapse.Internal("mariadb: read process list", fmt.Errorf("no column %s", need))
+		res, err := c.db.ExecContext(ctx, killStatement(user))
+		if err != nil {
+			var me *mysql.MySQLError
+			if !errors.As(err, &me) || me.Number != errUnknownThread {
+				return killed, c.unavailable("mariadb: revoke: kill connections of "+user, err)
+			}
+		} else if n, err := res.RowsAffected(); err == nil {
+			killed += int(n)
 		}
 	}
-	vals := make([]sql.NullString, len(cols))
-	ptrs := make([]any, len(cols))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	var out []thread
-	for rows.Next() {
-		if err := rows.Scan(ptrs...); err != nil {
-			return nil, lapse.Internal("mariadb: scan process list", err)
-		}
-		if vals[idx["user"]].String != user {
-			continue
-		}
-		var t thread
-		fmt.Sscan(vals[idx["id"]].String, &t.ID)
-		fmt.Sscan(vals[idx["time"]].String, &t.Time)
-		t.Host = vals[idx["host"]].String
-		t.Command = vals[idx["command"]].String
-		out = append(out, t)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, c.unavailable("mariadb: read process list", err)
-	}
-	return out, nil
 }
 
 // madeObject is a view, routine, trigger or event whose DEFINER is the
@@ -278,51 +431,6 @@ type madeGrant struct {
 
 func (g madeGrant) String() string {
 	return fmt.Sprintf("%s on %s %s.%s to %s@%s", g.Privs, strings.ToLower(g.Kind), g.Schema, g.Object, g.User, g.Host)
-}
-
-// madeByQuery finds everything a user left behind that outlives DROP USER:
-// objects it is the DEFINER of, and privileges it granted (Grantor). The
-// definer and grantor columns hold "user@host"; comparing the part before
-// the first "@" matches every host of the user exactly (no LIKE, so no
-// wildcard in the name can widen the match). Views and triggers live in
-// table definitions, which the server must open to read: the two virtual
-// schemas, where nobody can create either, are excluded, which makes the
-// scan an order of magnitude cheaper.
-const madeByQuery = `
-SELECT 'o', type, db, name, definer, '', '', '' FROM mysql.proc WHERE LEFT(definer, ?) = ?
-UNION ALL SELECT 'o', 'EVENT', db, name, definer, '', '', '' FROM mysql.event WHERE LEFT(definer, ?) = ?
-UNION ALL SELECT 'o', 'VIEW', TABLE_SCHEMA, TABLE_NAME, DEFINER, '', '', '' FROM information_schema.VIEWS
-  WHERE TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema') AND LEFT(DEFINER, ?) = ?
-UNION ALL SELECT 'o', 'TRIGGER', TRIGGER_SCHEMA, TRIGGER_NAME, DEFINER, '', '', '' FROM information_schema.TRIGGERS
-  WHERE TRIGGER_SCHEMA NOT IN ('information_schema', 'performance_schema') AND LEFT(DEFINER, ?) = ?
-UNION ALL SELECT 'g', 'TABLE', Db, Table_name, Grantor, User, Host, Table_priv FROM mysql.tables_priv WHERE LEFT(Grantor, ?) = ? AND User <> ?
-UNION ALL SELECT 'g', Routine_type, Db, Routine_name, Grantor, User, Host, Proc_priv FROM mysql.procs_priv WHERE LEFT(Grantor, ?) = ? AND User <> ?`
-
-func (c *Conn) scanMadeBy(ctx context.Context, user string) ([]madeObject, []madeGrant, error) {
-	pat := user + "@"
-	n := len(pat)
-	rows, err := c.db.QueryContext(ctx, madeByQuery, n, pat, n, pat, n, pat, n, pat, n, pat, user, n, pat, user)
-	if err != nil {
-		return nil, nil, c.unavailable("mariadb: find objects and grants made by "+user, err)
-	}
-	defer rows.Close()
-	var objs []madeObject
-	var grants []madeGrant
-	for rows.Next() {
-		var what, kind, schema, name, by, gu, gh, privs string
-		if err := rows.Scan(&what, &kind, &schema, &name, &by, &gu, &gh, &privs); err != nil {
-			return nil, nil, lapse.Internal("mariadb: scan objects made by "+user, err)
-		}
-		if what == "o" {
-			objs = append(objs, madeObject{Kind: kind, Schema: schema, Name: name, Definer: by})
-		} else {
-			grants = append(grants, madeGrant{Kind: kind, Schema: schema, Object: name, User: gu, Host: gh, Privs: privs})
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, c.unavailable("mariadb: find objects and grants made by "+user, err)
-	}
-	return objs, grants, nil
 }
 
 // handleDefiner applies the definer policy to one object.

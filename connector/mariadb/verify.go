@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -11,30 +12,6 @@ import (
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
 )
-
-// catalogQuery counts, in one round trip, every trace of a user in the
-// privilege tables.
-const catalogQuery = `SELECT
- (SELECT COUNT(*) FROM mysql.global_priv WHERE User = ?),
- (SELECT COUNT(*) FROM mysql.roles_mapping WHERE User = ?),
- (SELECT COUNT(*) FROM mysql.db WHERE User = ?),
- (SELECT COUNT(*) FROM mysql.tables_priv WHERE User = ?),
- (SELECT COUNT(*) FROM mysql.columns_priv WHERE User = ?),
- (SELECT COUNT(*) FROM mysql.procs_priv WHERE User = ?),
- (SELECT COUNT(*) FROM mysql.proxies_priv WHERE User = ? OR Proxied_user = ?)`
-
-// catalogTables are the tables catalogQuery reads, for the evidence.
-var catalogTables = []string{
-	"mysql.global_priv", "mysql.roles_mapping", "mysql.db", "mysql.tables_priv",
-	"mysql.columns_priv", "mysql.procs_priv", "mysql.proxies_priv",
-	"mysql.proc", "mysql.event", "information_schema.VIEWS", "information_schema.TRIGGERS",
-}
-
-type userTrace struct {
-	accounts, roleGrants, dbGrants, tableGrants, columnGrants, routineGrants, proxyGrants int
-	objects                                                                               []madeObject
-	grants                                                                                []madeGrant
-}
 
 // Verify checks, read-only and without trusting Revoke, that the grant's
 // user is gone: no account, no role or privilege rows, no grants it made,
@@ -53,11 +30,46 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 	sessions := connector.CheckpointResult{Name: c.name + ":" + checkpointSessions, Kind: lapse.CheckpointSessions}
 	counts := map[string]int{}
 	var sessionIDs []string
-	for _, u := range users {
-		tr, err := c.trace(ctx, u)
-		if err != nil {
-			return nil, err
+	probeUser := users[0]
+	if st.User != "" {
+		probeUser = st.User
+	}
+	// The catalog reads run alongside the process list read and the login
+	// probe, which follows it (so that the probe's own handshake is not in
+	// the list): the three are independent, and each is read after the
+	// call began.
+	var (
+		traces   []*userTrace
+		traceErr error
+		wg       sync.WaitGroup
+	)
+	wg.Go(func() { traces, traceErr = c.traces(ctx, users, true) })
+	var probe string
+	var loginOK bool
+	err := func() error {
+		if !c.cfg.UnsafeSkipSessionKill { // otherwise sessions are neither ended nor checked
+			for _, u := range users {
+				ids, res, err := c.sessionResidue(ctx, u)
+				if err != nil {
+					return err
+				}
+				sessionIDs = append(sessionIDs, ids...)
+				sessions.Residue = append(sessions.Residue, res...)
+			}
 		}
+		var err error
+		probe, loginOK, err = c.loginProbe(ctx, probeUser, req.Probe["password"])
+		return err
+	}()
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	if traceErr != nil {
+		return nil, traceErr
+	}
+	for i, u := range users {
+		tr := traces[i]
 		for k, v := range map[string]int{
 			"accounts": tr.accounts, "role_grants": tr.roleGrants, "database_grants": tr.dbGrants,
 			"table_grants": tr.tableGrants, "column_grants": tr.columnGrants,
@@ -67,23 +79,6 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 			counts[k] += v
 		}
 		account.Residue = append(account.Residue, c.accountResidue(ctx, u, tr)...)
-		if c.cfg.UnsafeSkipSessionKill {
-			continue // sessions are neither ended nor checked
-		}
-		ids, res, err := c.sessionResidue(ctx, u)
-		if err != nil {
-			return nil, err
-		}
-		sessionIDs = append(sessionIDs, ids...)
-		sessions.Residue = append(sessions.Residue, res...)
-	}
-	probeUser := users[0]
-	if st.User != "" {
-		probeUser = st.User
-	}
-	probe, loginOK, err := c.loginProbe(ctx, probeUser, req.Probe["password"])
-	if err != nil {
-		return nil, err
 	}
 	if loginOK {
 		account.Residue = append(account.Residue, "login as "+probeUser+" with the grant's password succeeded")
@@ -123,21 +118,6 @@ func (c *Conn) now() time.Time {
 		return c.clock.Now()
 	}
 	return time.Now().UTC()
-}
-
-// trace reads every trace of user.
-func (c *Conn) trace(ctx context.Context, user string) (*userTrace, error) {
-	var t userTrace
-	err := c.db.QueryRowContext(ctx, catalogQuery, user, user, user, user, user, user, user, user).Scan(
-		&t.accounts, &t.roleGrants, &t.dbGrants, &t.tableGrants, &t.columnGrants, &t.routineGrants, &t.proxyGrants)
-	if err != nil {
-		return nil, c.unavailable("mariadb: verify: read catalog for "+user, err)
-	}
-	t.objects, t.grants, err = c.scanMadeBy(ctx, user)
-	if err != nil {
-		return nil, err
-	}
-	return &t, nil
 }
 
 // accountResidue describes what trace found, naming accounts and roles
