@@ -26,3 +26,10 @@ func SabotageRevoke(c *Conn, mode string, sabotage func(node string) bool) {
 
 // RestoreRevoke undoes SabotageRevoke.
 func RestoreRevoke(c *Conn) { c.revokeNode = revokeOnNode }
+
+// CheckerIdentity returns the user the connection Verify uses on a node is
+// logged in as (ACL WHOAMI), so tests can check that an accepted login
+// probe did not leave it logged in as the grant's user.
+func CheckerIdentity(ctx context.Context, c *Conn, node string) (string, error) {
+	return c.byName[node].checker.Load().Do(ctx, "ACL", "WHOAMI").Text()
+}

@@ -5,28 +5,37 @@ import (
 	"errors"
 	"strings"
 	"sync"
-	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// batcher runs the read-only queries of concurrent verifications on one
-// node together, one pipeline per batch (group commit). CLIENT LIST costs
-// the server time and bandwidth in proportion to every client it has, and
-// every query costs a round trip; when many grants end together (a mass
-// expiry) their verifications share both instead of each paying alone.
+// batcher runs the requests of concurrent callers on one node together,
+// one pipeline per batch (group commit): every command costs a round trip,
+// and on the server a read and a write of its own, and CLIENT LIST costs
+// the server time and bandwidth in proportion to every client it has. When
+// many grants end together (a mass expiry) their revocations share round
+// trips and transactions, and their verifications one CLIENT LIST, instead
+// of each paying alone.
 //
 // Freshness is what makes sharing sound: a request only joins a batch that
 // has not started yet, so what it gets was read after it was asked for,
-// hence after the revocation it checks.
+// hence after the revocation it checks; and a write in a batch runs after
+// it was asked for, never before.
 type batcher[Req, Resp any] struct {
-	timeout time.Duration
+	// max bounds the requests of one batch (0: no bound), so one
+	// pipeline, or one transaction, stays short on the server.
+	max int
+	// writes says the requests change the server. A caller that gives up
+	// waiting still waits until its batch has run, so a write is never
+	// reported as not done while it may still happen afterwards, behind
+	// whatever the caller does next.
+	writes bool
 	// run answers every request of a batch, one response per request.
 	run func(ctx context.Context, reqs []Req) []Resp
 
-	mu   sync.Mutex
-	next *batch[Req, Resp] // not started; accepting requests
-	busy bool              // a batch is running
+	mu    sync.Mutex
+	queue []*batch[Req, Resp] // not started; the last one accepts requests
+	busy  bool                // a batch is running
 }
 
 type batch[Req, Resp any] struct {
@@ -36,33 +45,47 @@ type batch[Req, Resp any] struct {
 }
 
 // do returns a fresh answer to req. The caller whose arrival finds the
-// node idle runs the batch itself, so a lone verification costs one round
-// trip and no goroutine.
+// node idle runs the batch itself, so a lone request costs one round trip
+// and no goroutine.
 func (b *batcher[Req, Resp]) do(ctx context.Context, req Req) (Resp, error) {
-	b.mu.Lock()
-	if b.next == nil {
-		b.next = &batch[Req, Resp]{done: make(chan struct{})}
+	if err := ctx.Err(); err != nil {
+		// A caller that has already given up queues nothing.
+		var zero Resp
+		return zero, err
 	}
-	bt := b.next
+	b.mu.Lock()
+	var bt *batch[Req, Resp]
+	if l := len(b.queue); l > 0 && (b.max == 0 || len(b.queue[l-1].reqs) < b.max) {
+		bt = b.queue[l-1]
+	} else {
+		bt = &batch[Req, Resp]{done: make(chan struct{})}
+		b.queue = append(b.queue, bt)
+	}
 	i := len(bt.reqs)
 	bt.reqs = append(bt.reqs, req)
+	// The node is idle only when nothing is queued, so the leader's batch
+	// holds its own request alone.
 	lead := !b.busy
 	if lead {
 		b.busy = true
-		b.next = nil
+		b.queue[0] = nil
+		b.queue = b.queue[:0]
 	}
 	b.mu.Unlock()
 
 	if lead {
 		b.exec(bt)
 		b.handOff()
-	} else {
-		select {
-		case <-bt.done:
-		case <-ctx.Done():
+		return bt.resps[i], nil
+	}
+	select {
+	case <-bt.done:
+	case <-ctx.Done():
+		if !b.writes {
 			var zero Resp
 			return zero, ctx.Err()
 		}
+		<-bt.done
 	}
 	return bt.resps[i], nil
 }
@@ -72,7 +95,7 @@ func (b *batcher[Req, Resp]) do(ctx context.Context, req Req) (Resp, error) {
 func (b *batcher[Req, Resp]) handOff() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.next == nil {
+	if len(b.queue) == 0 {
 		b.busy = false
 		return
 	}
@@ -82,26 +105,31 @@ func (b *batcher[Req, Resp]) handOff() {
 func (b *batcher[Req, Resp]) drain() {
 	for {
 		b.mu.Lock()
-		bt := b.next
-		b.next = nil
-		if bt == nil {
+		if len(b.queue) == 0 {
 			b.busy = false
 			b.mu.Unlock()
 			return
 		}
+		bt := b.queue[0]
+		b.queue[0] = nil
+		b.queue = b.queue[1:]
 		b.mu.Unlock()
 		b.exec(bt)
 	}
 }
 
 // exec runs one batch. It does not use any caller's context: a caller that
-// gives up must not fail the others sharing the batch.
+// gives up must not fail the others sharing the batch. The clients'
+// timeouts (Config.Timeout on every read and write, DialTimeout on a
+// dial) bound it.
 func (b *batcher[Req, Resp]) exec(bt *batch[Req, Resp]) {
 	defer close(bt.done)
-	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
-	defer cancel()
-	bt.resps = b.run(ctx, bt.reqs)
+	bt.resps = b.run(context.Background(), bt.reqs)
 }
+
+// check is one verification request: the user, and the grant's password
+// for the login probe ("" when the broker has no probe material).
+type check struct{ user, password string }
 
 // observation is what one look at a node saw for one user.
 type observation struct {
@@ -111,50 +139,10 @@ type observation struct {
 	// those authenticated as the user.
 	clientsSeen int
 	clients     []client
+	probe       probeResult
 	err         error
 	batch       int // how many verifications shared the CLIENT LIST
 }
-
-// observe reads ACL GETUSER for each user and one CLIENT LIST, in one
-// pipeline on an admin connection.
-func (n *node) observe(ctx context.Context, users []string) []observation {
-	out := make([]observation, len(users))
-	pipe := n.admin.Pipeline()
-	gets := make([]*goredis.Cmd, len(users))
-	for i, u := range users {
-		gets[i] = pipe.Do(ctx, "ACL", "GETUSER", u)
-	}
-	list := pipe.Do(ctx, "CLIENT", "LIST")
-	_, _ = pipe.Exec(ctx) // errors are read per command below
-	text, err := list.Text()
-	if err != nil {
-		for i := range out {
-			out[i].err = nodeError(n, "client list", err)
-		}
-		return out
-	}
-	wanted := make(map[string]bool, len(users))
-	for _, u := range users {
-		wanted[u] = true
-	}
-	total, byUser := parseClientList(text, wanted)
-	for i, g := range gets {
-		r := observation{clientsSeen: total, clients: byUser[users[i]], batch: len(users)}
-		reply, err := g.Slice()
-		switch {
-		case err == nil:
-			r.present, r.reply = true, reply
-		case errors.Is(err, goredis.Nil):
-		default:
-			r.err = nodeError(n, "get user "+users[i], err)
-		}
-		out[i] = r
-	}
-	return out
-}
-
-// login is one probe request: a user and the grant's password.
-type login struct{ user, password string }
 
 // probeResult is the outcome of one login probe.
 type probeResult struct {
@@ -163,41 +151,111 @@ type probeResult struct {
 	err      error
 }
 
-// probeLogins tries AUTH for each login, pipelined on one connection that
-// is used for nothing else, then RESET, so the connection goes back to
-// the pool anonymous even if a login was (wrongly) accepted. A failed AUTH
-// leaves the connection as it was, so the attempts do not affect each
-// other. WRONGPASS is the only outcome that proves a login gone; any other
-// error means the probe could not run.
-func (n *node) probeLogins(ctx context.Context, logins []login) []probeResult {
-	out := make([]probeResult, len(logins))
-	probe := n.probe.Load()
-	cn := probe.Conn()
+// observe answers a batch of verifications in one pipeline on the node's
+// checker connection: ACL GETUSER for each user, one CLIENT LIST, then AUTH
+// with each grant's password — a real login attempt, checked by the server
+// as any client's. The AUTHs come last, so the listing never shows the
+// checker connection as a grant's user. A failed AUTH leaves a connection
+// logged in as it was, so the attempts do not affect each other or the
+// commands around them. WRONGPASS is the only outcome that proves a login
+// gone; any other error means the probe could not run.
+//
+// An accepted AUTH (or one whose outcome is unknown) may have left the
+// connection logged in as that user: it is logged back in as the admin
+// account before the batch returns, or, failing that, the checker is
+// replaced, so the connection never acts again under the grant's identity.
+func (n *node) observe(ctx context.Context, checks []check) []observation {
+	out := make([]observation, len(checks))
+	checker := n.checker.Load()
+	cn := checker.Conn()
 	defer cn.Close()
 	pipe := cn.Pipeline()
-	auths := make([]*goredis.Cmd, len(logins))
-	for i, l := range logins {
-		auths[i] = pipe.Do(ctx, "AUTH", l.user, l.password)
+	gets := make([]*goredis.Cmd, len(checks))
+	for i, ch := range checks {
+		gets[i] = pipe.Do(ctx, "ACL", "GETUSER", ch.user)
 	}
-	reset := pipe.Do(ctx, "RESET")
-	_, _ = pipe.Exec(ctx) // errors are read per command below
-	for i, a := range auths {
-		err := a.Err()
-		switch {
-		case err == nil:
-			out[i] = probeResult{accepted: true, outcome: "accepted: AUTH succeeded"}
-		case goredis.HasErrorPrefix(err, "WRONGPASS"):
-			out[i] = probeResult{outcome: "rejected: WRONGPASS"}
-		default:
-			out[i] = probeResult{err: nodeError(n, "login probe for "+logins[i].user, err)}
+	list := pipe.Do(ctx, "CLIENT", "LIST")
+	auths := make([]*goredis.Cmd, len(checks))
+	for i, ch := range checks {
+		if ch.password != "" {
+			auths[i] = pipe.Do(ctx, "AUTH", ch.user, ch.password)
 		}
 	}
-	if reset.Err() != nil {
-		// The connection may still be logged in as a grant's user: drop
-		// the whole probe pool rather than reuse it.
-		n.replaceProbe(probe)
+	_, _ = pipe.Exec(ctx) // errors are read per command below
+
+	loggedOut := false // the connection may no longer be the admin account's
+	for i, a := range auths {
+		switch err := authErr(a); {
+		case a == nil:
+			out[i].probe = probeResult{outcome: "not run: no probe material"}
+		case err == nil:
+			out[i].probe = probeResult{accepted: true, outcome: "accepted: AUTH succeeded"}
+			loggedOut = true
+		case goredis.HasErrorPrefix(err, "WRONGPASS"):
+			out[i].probe = probeResult{outcome: "rejected: WRONGPASS"}
+		default:
+			out[i].probe = probeResult{err: nodeError(n, "login probe for "+checks[i].user, err)}
+			loggedOut = true
+		}
+	}
+	if loggedOut {
+		if err := n.relogin(ctx, cn); err != nil {
+			n.replaceChecker(checker)
+		}
+	}
+
+	text, err := list.Text()
+	if err != nil {
+		for i := range out {
+			out[i].err = nodeError(n, "client list", err)
+		}
+		return out
+	}
+	wanted := make(map[string]bool, len(checks))
+	for _, ch := range checks {
+		wanted[ch.user] = true
+	}
+	total, byUser := parseClientList(text, wanted)
+	for i, g := range gets {
+		r := &out[i]
+		r.clientsSeen, r.clients, r.batch = total, byUser[checks[i].user], len(checks)
+		reply, err := g.Slice()
+		switch {
+		case err == nil:
+			r.present, r.reply = true, reply
+		case errors.Is(err, goredis.Nil):
+		default:
+			r.err = nodeError(n, "get user "+checks[i].user, err)
+		}
 	}
 	return out
+}
+
+func authErr(a *goredis.Cmd) error {
+	if a == nil {
+		return nil
+	}
+	return a.Err()
+}
+
+// relogin logs the checker connection back in as the admin account, with
+// the credentials it was opened with.
+func (n *node) relogin(ctx context.Context, cn *goredis.Conn) error {
+	switch {
+	case n.adminUser != "":
+		return cn.Do(ctx, "AUTH", n.adminUser, n.adminPassword).Err()
+	case n.adminPassword != "":
+		return cn.Do(ctx, "AUTH", n.adminPassword).Err()
+	default:
+		// The admin account is the default user without a password, as
+		// which RESET logs a connection in.
+		_, err := cn.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			p.Do(ctx, "RESET")
+			p.Do(ctx, "CLIENT", "SETNAME", clientName)
+			return nil
+		})
+		return err
+	}
 }
 
 // client is one CLIENT LIST entry.
@@ -206,21 +264,48 @@ type client struct{ id, addr, cmd string }
 // parseClientList parses CLIENT LIST and returns the number of clients
 // and the clients of the wanted users. Fields are space-separated
 // key=value pairs and no field value can contain a space (client and
-// library names cannot), so the first " user=" in a line is the user field
-// and a client cannot forge it. Lines of other users are only scanned for
-// that field: a large server lists thousands of clients.
+// library names cannot), so "user=" after a space or at the start of a line
+// is the user field and a client cannot forge it. A large server lists
+// thousands of clients and a verification reads the list whole, so the
+// list is not split into lines: one scan finds each entry's user field,
+// and only the entries of wanted users are read further. Redis ends every
+// entry with a newline.
 func parseClientList(list string, wanted map[string]bool) (total int, byUser map[string][]client) {
 	byUser = map[string][]client{}
-	for line := range strings.Lines(list) {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
+	total = strings.Count(list, "\n")
+	if list != "" && list[len(list)-1] != '\n' {
 		total++
-		user := field(line, "user")
+	}
+	const key = "user="
+	for i := 0; i < len(list); {
+		j := strings.Index(list[i:], key)
+		if j < 0 {
+			break
+		}
+		at := i + j // the key
+		start := at + len(key)
+		end := strings.IndexAny(list[start:], " \r\n")
+		if end < 0 {
+			end = len(list)
+		} else {
+			end += start
+		}
+		i = start
+		if at > 0 && list[at-1] != ' ' && list[at-1] != '\n' {
+			continue // inside a value (name=user=x) or another key
+		}
+		user := list[start:end]
 		if !wanted[user] {
 			continue
 		}
+		lineStart := strings.LastIndexByte(list[:at], '\n') + 1
+		lineEnd := strings.IndexByte(list[end:], '\n')
+		if lineEnd < 0 {
+			lineEnd = len(list)
+		} else {
+			lineEnd += end
+		}
+		line := strings.TrimSpace(list[lineStart:lineEnd])
 		byUser[user] = append(byUser[user], client{id: field(line, "id"), addr: field(line, "addr"), cmd: field(line, "cmd")})
 	}
 	return total, byUser

@@ -25,7 +25,7 @@ import (
 // acl|list and acl|cat are for Discover; client|kill and client|list end
 // and find sessions; client|setname names the connector's connections
 // "lapse" (without it every command fails); multi and exec wrap Revoke's
-// two commands in one transaction; ping is the readiness check (Ping).
+// commands in one transaction; ping is the readiness check (Ping).
 // "+acl" instead of the five acl subcommands also works.
 var RequiredPermissions = []string{
 	"acl|setuser", "acl|deluser", "acl|getuser", "acl|list", "acl|cat",

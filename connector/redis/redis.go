@@ -9,6 +9,7 @@
 package redis
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -23,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,15 +36,22 @@ import (
 	"github.com/lapsehq/lapse/connector"
 )
 
-// Conn is a Redis target. It is safe for concurrent use; grants and
-// revocations of different grants proceed in parallel, limited only by the
-// per-node connection pool.
+// Conn is a Redis target. It is safe for concurrent use. Grants of
+// different grants proceed in parallel, limited only by the per-node
+// connection pool; concurrent revocations on a node share one transaction,
+// and concurrent verifications one pipeline (see batcher).
 type Conn struct {
 	cfg    Config
 	clock  lapse.Clock
 	log    *slog.Logger
 	nodes  []*node
 	byName map[string]*node
+
+	// What every Grant returns about the nodes, built once in New.
+	nodeNames   []string
+	nodeList    string // node names, comma-separated (Info["nodes"])
+	nodesJSON   []byte // node names as a JSON array (State)
+	checkpoints []connector.CheckpointSpec
 
 	// revokeNode is the per-node revocation step. Tests replace it (see
 	// export_test.go) to prove that Verify catches a revocation that
@@ -54,24 +63,38 @@ type node struct {
 	name  string
 	addr  string
 	admin *goredis.Client
-	// probe holds unauthenticated connections used only for login probes,
-	// so a probe never changes the identity of an admin connection.
-	probe        atomic.Pointer[goredis.Client]
-	probeOptions func() *goredis.Options
+	// checker holds the connection verifications use (see observe): it
+	// logs in as the admin account, like admin, but is used for nothing
+	// else, because a (wrongly) accepted login probe on it may change its
+	// identity until it is logged back in or replaced.
+	checker        atomic.Pointer[goredis.Client]
+	checkerOptions func() *goredis.Options
+	// adminUser and adminPassword log the checker back in after an
+	// accepted probe.
+	adminUser, adminPassword string
 	// base returns the node's connection options (address, TLS, timeouts)
 	// without credentials, for clients that act as a grantee (exercise.go).
 	base func() *goredis.Options
-	mu   sync.Mutex // guards replacing probe, and probeAddrs
-	// probeAddrs are the local addresses of the probe connections, so
-	// Verify does not count its own probe, logged in for a moment when a
-	// login is (wrongly) accepted, as a session of the user.
+	mu   sync.Mutex // guards replacing checker, and probeAddrs
+	// probeAddrs are the local addresses of the checker's connections, so
+	// Verify does not count its own connection, logged in for a moment
+	// when a login is (wrongly) accepted, as a session of the user.
 	probeAddrs map[string]bool
-	// observer and prober batch the queries of concurrent verifications.
-	observer *batcher[string, observation]
-	prober   *batcher[login, probeResult]
+	// revoker and verifier batch the commands of concurrent revocations
+	// and verifications (see batcher).
+	revoker  *batcher[string, revocation]
+	verifier *batcher[check, observation]
 }
 
-// trackingDialer wraps dial to record the local address of each probe
+// clientName names the connector's own connections in CLIENT LIST.
+const clientName = "lapse"
+
+// maxBatch bounds the requests that share one pipeline, so a batch of
+// revocations (one transaction, in which CLIENT KILL USER and ACL DELUSER
+// each scan every client) holds the server for a short time only.
+const maxBatch = 32
+
+// trackingDialer wraps dial to record the local address of each checker
 // connection while it is open.
 func (n *node) trackingDialer(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -162,27 +185,45 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 				TLSConfig:     tlsConfig,
 			}
 		}
-		check := base()
-		check.Username, check.Password = nc.Username, password
-		checkOptions = append(checkOptions, check)
+		permCheck := base()
+		permCheck.Username, permCheck.Password = nc.Username, password
+		checkOptions = append(checkOptions, permCheck)
 		admin := base()
 		admin.Username, admin.Password = nc.Username, password
-		admin.ClientName = "lapse"
+		admin.ClientName = clientName
 		admin.PoolSize = cfg.PoolSize
-		n := &node{name: nc.Name, addr: nc.Addr, admin: goredis.NewClient(admin), probeAddrs: map[string]bool{}}
+		n := &node{name: nc.Name, addr: nc.Addr, admin: goredis.NewClient(admin), probeAddrs: map[string]bool{},
+			adminUser: nc.Username, adminPassword: password}
 		n.base = base
-		n.observer = &batcher[string, observation]{timeout: cfg.Timeout.D(), run: n.observe}
-		n.prober = &batcher[login, probeResult]{timeout: cfg.Timeout.D(), run: n.probeLogins}
-		n.probeOptions = func() *goredis.Options {
+		n.revoker = &batcher[string, revocation]{max: maxBatch, writes: true, run: n.revokeUsers}
+		n.verifier = &batcher[check, observation]{max: maxBatch, run: n.observe}
+		n.checkerOptions = func() *goredis.Options {
 			o := base()
-			o.PoolSize = 4
+			o.Username, o.Password = nc.Username, password
+			o.ClientName = clientName
+			// Batches run one at a time per node, on one connection.
+			o.PoolSize = 1
 			dial := goredis.NewDialer(o)
 			o.Dialer = n.trackingDialer(dial)
 			return o
 		}
-		n.probe.Store(goredis.NewClient(n.probeOptions()))
+		n.checker.Store(goredis.NewClient(n.checkerOptions()))
 		c.nodes = append(c.nodes, n)
 		c.byName[n.name] = n
+	}
+	names := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		names[i] = n.name
+		c.checkpoints = append(c.checkpoints,
+			connector.CheckpointSpec{Name: n.name + "/acl", Kind: lapse.CheckpointTarget},
+			connector.CheckpointSpec{Name: n.name + "/sessions", Kind: lapse.CheckpointSessions})
+	}
+	c.nodeNames = names
+	c.nodeList = strings.Join(names, ",")
+	var err error
+	if c.nodesJSON, err = json.Marshal(names); err != nil {
+		c.Close()
+		return nil, lapse.Internal("redis: encode node names", err)
 	}
 	if err := c.checkNodes(ctx, checkOptions); err != nil {
 		c.Close()
@@ -234,7 +275,7 @@ func (t *TLSConfig) build(addr string) (*tls.Config, error) {
 func (c *Conn) Close() error {
 	var errs []error
 	for _, n := range c.nodes {
-		errs = append(errs, n.admin.Close(), n.probe.Load().Close())
+		errs = append(errs, n.admin.Close(), n.checker.Load().Close())
 	}
 	return errors.Join(errs...)
 }
@@ -296,25 +337,21 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 	if err != nil {
 		return nil, lapse.Internal("redis: generate password", err)
 	}
-	rules := spec.rules(hash)
-	args := make([]any, 0, 3+len(rules))
-	args = append(args, "ACL", "SETUSER", user)
-	for _, r := range rules {
-		args = append(args, r)
-	}
+	args := spec.setUserArgs(user, hash)
 	errs := c.each(ctx, func(ctx context.Context, n *node) error {
 		err := n.admin.Do(ctx, args...).Err()
-		if goredis.HasErrorPrefix(err, "Error in ACL SETUSER") {
+		switch {
+		case err == nil:
+			return nil
+		case goredis.HasErrorPrefix(err, "Error in ACL SETUSER"):
 			// The rules passed the spec grammar but this server does not
 			// know one of them (a command of a newer version, say).
 			return &lapse.Error{Code: lapse.EINVALID, Field: "spec",
 				Message: fmt.Sprintf("redis node %s rejected the ACL rules", n.name),
 				Err:     fmt.Errorf("redis: node %s: set user %s: %w", n.name, user, err)}
-		}
-		if err != nil {
+		default:
 			return nodeError(n, "set user "+user, err)
 		}
-		return nil
 	})
 	if err := firstError(errs); err != nil {
 		// Undo on every node, not only those that succeeded: a timeout
@@ -332,26 +369,28 @@ func (c *Conn) Grant(ctx context.Context, req *connector.GrantRequest) (*connect
 		}
 		return nil, err
 	}
-	names := make([]string, len(c.nodes))
-	checkpoints := make([]connector.CheckpointSpec, 0, 2*len(c.nodes))
-	for i, n := range c.nodes {
-		names[i] = n.name
-		checkpoints = append(checkpoints,
-			connector.CheckpointSpec{Name: n.name + "/acl", Kind: lapse.CheckpointTarget},
-			connector.CheckpointSpec{Name: n.name + "/sessions", Kind: lapse.CheckpointSessions})
+	if c.log.Enabled(ctx, slog.LevelDebug) {
+		c.log.Debug("redis: granted", "user", user, "nodes", len(c.nodes))
 	}
-	st, err := json.Marshal(state{User: user, Nodes: names})
-	if err != nil {
-		return nil, lapse.Internal("redis: encode state", err)
-	}
-	c.log.Debug("redis: granted", "user", user, "nodes", len(c.nodes))
 	return &connector.GrantResponse{
 		Secret:      map[string]string{"password": password},
-		Info:        map[string]string{"username": user, "addr": c.cfg.ClientAddr, "nodes": strings.Join(names, ",")},
-		State:       st,
-		Checkpoints: checkpoints,
+		Info:        map[string]string{"username": user, "addr": c.cfg.ClientAddr, "nodes": c.nodeList},
+		State:       c.encodeState(user),
+		Checkpoints: slices.Clone(c.checkpoints),
 		Probe:       map[string]string{"password": password},
 	}, nil
+}
+
+// encodeState returns the JSON of state{user, every configured node}. The
+// node list is encoded once, in New; user is a safeName, which JSON never
+// escapes, so the result is what json.Marshal makes (a test checks it).
+func (c *Conn) encodeState(user string) json.RawMessage {
+	b := make([]byte, 0, len(`{"user":"","nodes":}`)+len(user)+len(c.nodesJSON))
+	b = append(b, `{"user":"`...)
+	b = append(b, user...)
+	b = append(b, `","nodes":`...)
+	b = append(b, c.nodesJSON...)
+	return append(b, '}')
 }
 
 // newPassword returns 256 random bits as unpadded base64url (43 characters)
@@ -377,7 +416,8 @@ type nodeRevocation struct {
 // revokeOnNode closes the user's connections and deletes the user in one
 // MULTI/EXEC, so no login can slip in between the two. ACL DELUSER (never
 // `off`, which keeps authenticated connections) also closes connections
-// itself; CLIENT KILL USER makes that explicit and counts them.
+// itself; CLIENT KILL USER makes that explicit and counts them. Concurrent
+// revocations on a node share one transaction (see revokeUsers).
 //
 // A failure of the transaction itself — the connection, MULTI or EXEC
 // refused, the server discarding it — is reported as such, naming the
@@ -385,14 +425,52 @@ type nodeRevocation struct {
 // replies read. If MULTI was refused, the server ran the two commands
 // outside a transaction (they were already sent), which the error says.
 func revokeOnNode(ctx context.Context, n *node, user string) (nodeRevocation, error) {
-	var kill, del *goredis.Cmd
+	r, err := n.revoker.do(ctx, user)
+	if err != nil {
+		return nodeRevocation{}, err
+	}
+	return r.nodeRevocation, r.err
+}
+
+// revocation is the outcome of revokeOnNode for one user.
+type revocation struct {
+	nodeRevocation
+	err error
+}
+
+// revokeUsers runs the revocations of a batch in one MULTI/EXEC: CLIENT
+// KILL USER and ACL DELUSER for each user, in the order asked. Each user's
+// two replies are read as if the transaction were its own; a failure of
+// the transaction as a whole is every user's.
+func (n *node) revokeUsers(ctx context.Context, users []string) []revocation {
+	kills := make([]*goredis.Cmd, len(users))
+	dels := make([]*goredis.Cmd, len(users))
 	_, err := n.admin.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		kill = p.Do(ctx, "CLIENT", "KILL", "USER", user)
-		del = p.Do(ctx, "ACL", "DELUSER", user)
+		for i, u := range users {
+			kills[i] = p.Do(ctx, "CLIENT", "KILL", "USER", u)
+			dels[i] = p.Do(ctx, "ACL", "DELUSER", u)
+		}
 		return nil
 	})
+	// The same error on every command: the transaction failed as a whole
+	// (EXEC's own reply), not commands inside it.
+	whole := err != nil
+	for i := range users {
+		whole = whole && kills[i] != nil && kills[i].Err() == err && dels[i] != nil && dels[i].Err() == err
+	}
+	out := make([]revocation, len(users))
+	for i, u := range users {
+		out[i].nodeRevocation, out[i].err = readRevocation(n, u, err, whole, kills[i], dels[i])
+	}
+	return out
+}
+
+// readRevocation reads one user's replies of a revocation transaction
+// whose overall error (TxPipelined's) is err; whole says the transaction
+// failed as a whole.
+func readRevocation(n *node, user string, err error, whole bool, kill, del *goredis.Cmd) (nodeRevocation, error) {
 	var r nodeRevocation
-	if err := transactionError(n, user, err, kill, del); err != nil {
+	if err := transactionError(n, user, err, whole, kill, del); err != nil {
 		return r, err
 	}
 	killed, kerr := kill.Int64()
@@ -416,7 +494,7 @@ func revokeOnNode(ctx context.Context, n *node, user string) (nodeRevocation, er
 // whole, or nil if EXEC ran and its replies are in kill and del (err is
 // then the first command's own error, such as "No such user", which the
 // caller reads from the command).
-func transactionError(n *node, user string, err error, kill, del *goredis.Cmd) error {
+func transactionError(n *node, user string, err error, whole bool, kill, del *goredis.Cmd) error {
 	if err == nil {
 		return nil
 	}
@@ -447,9 +525,7 @@ func transactionError(n *node, user string, err error, kill, del *goredis.Cmd) e
 		}
 		return &lapse.Error{Code: lapse.EUNAVAILABLE, Message: msg,
 			Err: fmt.Errorf("redis: node %s: %s: transaction discarded: %w", n.name, op, cause)}
-	case kill.Err() == err && del.Err() == err:
-		// The same error on both commands: the transaction failed as a
-		// whole (EXEC's own reply), not one command inside it.
+	case whole:
 		return nodeError(n, op, err)
 	}
 	return nil
@@ -532,6 +608,9 @@ func (c *Conn) grantState(grantID string, raw json.RawMessage) (st *state, ok bo
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, true
 	}
+	if c.isCurrentState(grantID, raw) {
+		return &state{User: c.cfg.Prefix + grantID, Nodes: c.nodeNames}, true
+	}
 	st = &state{}
 	if err := json.Unmarshal(raw, st); err != nil {
 		return nil, false
@@ -541,6 +620,22 @@ func (c *Conn) grantState(grantID string, raw json.RawMessage) (st *state, ok bo
 		return nil, false
 	}
 	return st, true
+}
+
+// isCurrentState reports whether raw is, byte for byte, the state Grant
+// returns for grantID with today's configuration (see encodeState), which
+// is what the broker normally passes back. It spares Revoke and Verify
+// decoding JSON on every call; any other state is decoded and checked.
+func (c *Conn) isCurrentState(grantID string, raw []byte) bool {
+	i := 0
+	for _, part := range [...]string{`{"user":"`, c.cfg.Prefix, grantID, `","nodes":`} {
+		if len(raw)-i < len(part) || string(raw[i:i+len(part)]) != part {
+			return false
+		}
+		i += len(part)
+	}
+	rest := raw[i:]
+	return len(rest) == len(c.nodesJSON)+1 && bytes.Equal(rest[:len(c.nodesJSON)], c.nodesJSON) && rest[len(rest)-1] == '}'
 }
 
 // grantUsers returns the user names Revoke and Verify act on: the one
@@ -639,27 +734,15 @@ func mergeCheckpoint(cp, more connector.CheckpointResult, user string) connector
 }
 
 func (c *Conn) verifyNode(ctx context.Context, n *node, user, password string) ([2]connector.CheckpointResult, error) {
-	var (
-		wg    sync.WaitGroup
-		probe = probeResult{outcome: "not run: no probe material"}
-		perr  error
-	)
-	if password != "" {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			probe, perr = n.prober.do(ctx, login{user, password})
-		}()
-	}
-	obs, oerr := n.observer.do(ctx, user)
-	checkedAt := c.clock.Now()
-	wg.Wait()
+	obs, err := n.verifier.do(ctx, check{user, password})
+	checkedAt := c.clock.Now().Format(time.RFC3339Nano)
 	var out [2]connector.CheckpointResult
-	for _, err := range []error{oerr, obs.err, perr, probe.err} {
+	for _, err := range []error{err, obs.err, obs.probe.err} {
 		if err != nil {
 			return out, err
 		}
 	}
+	probe := obs.probe
 
 	// The ACL user itself, and the login probe.
 	target := connector.CheckpointResult{Name: n.name + "/acl", Kind: lapse.CheckpointTarget}
@@ -670,7 +753,7 @@ func (c *Conn) verifyNode(ctx context.Context, n *node, user, password string) (
 		"query":        "ACL GETUSER " + user,
 		"user_present": present,
 		"login_probe":  probe.outcome,
-		"checked_at":   checkedAt.Format(time.RFC3339Nano),
+		"checked_at":   checkedAt,
 	}
 	if present {
 		target.Residue = append(target.Residue, fmt.Sprintf("ACL user %s exists on node %s (%s)", user, n.name, describeUser(obs.reply)))
@@ -701,7 +784,7 @@ func (c *Conn) verifyNode(ctx context.Context, n *node, user, password string) (
 		"probe_clients_excluded": excluded,
 		// How many verifications shared this CLIENT LIST (see batcher).
 		"listing_shared_by": obs.batch,
-		"checked_at":        checkedAt.Format(time.RFC3339Nano),
+		"checked_at":        checkedAt,
 	}
 	for _, m := range mine {
 		sessions.Residue = append(sessions.Residue, fmt.Sprintf("node %s: client %s", n.name, m))
@@ -711,13 +794,13 @@ func (c *Conn) verifyNode(ctx context.Context, n *node, user, password string) (
 	return out, nil
 }
 
-func (n *node) replaceProbe(old *goredis.Client) {
+func (n *node) replaceChecker(old *goredis.Client) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.probe.Load() != old {
+	if n.checker.Load() != old {
 		return
 	}
-	n.probe.Store(goredis.NewClient(n.probeOptions()))
+	n.checker.Store(goredis.NewClient(n.checkerOptions()))
 	_ = old.Close()
 }
 

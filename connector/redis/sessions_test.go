@@ -545,3 +545,61 @@ func TestConcurrentVerificationsStayExact(t *testing.T) {
 	}
 	t.Logf("at most %d verifications shared one CLIENT LIST", shared)
 }
+
+// TestAcceptedProbeLeavesNoLogin: Verify of an active grant has its login
+// probe accepted, on the connection Verify reads with. Before Verify
+// returns, that connection is the admin account's again — logged back in
+// with the admin credentials, or, for a passwordless default user, by
+// RESET — and the server lists no client of the grant's user but its own
+// session. The next verification, after Revoke, is exact.
+func TestAcceptedProbeLeavesNoLogin(t *testing.T) {
+	private := startServer(t, "primary", nil)
+	for _, tc := range []struct {
+		name  string
+		nodes []node
+		admin string
+	}{
+		{"admin credentials", []node{private}, private.user},
+		{"passwordless default user", sharedNodes(t), "default"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := tc.nodes[0]
+			c := openConn(t, tc.nodes)
+			ctx := context.Background()
+			id := grantID()
+			g := grantFor(t, c, id, testSpec())
+			user := g.Info["username"]
+			session := newClient(n.addr, user, g.Secret["password"])
+			defer session.Close()
+			if err := session.Get(ctx, "lapsetest:x").Err(); err != goredis.Nil {
+				t.Fatalf("grantee login: %v", err)
+			}
+			for round := 0; round < 2; round++ {
+				v, err := c.Verify(ctx, &connector.VerifyRequest{GrantID: id, State: g.State, Probe: g.Probe})
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				if p := checkpoint(t, v, n.name+"/acl").Evidence["login_probe"]; p != "accepted: AUTH succeeded" {
+					t.Fatalf("login probe %v on an active grant", p)
+				}
+				if s := checkpoint(t, v, n.name+"/sessions"); s.Evidence["clients_of_user"] != 1 {
+					t.Errorf("round %d: clients_of_user = %v, want the one session", round, s.Evidence["clients_of_user"])
+				}
+				who, err := lredis.CheckerIdentity(ctx, c, n.name)
+				if err != nil || who != tc.admin {
+					t.Fatalf("round %d: Verify's connection is logged in as %q (%v), want %s", round, who, err, tc.admin)
+				}
+				if got := len(clientsOf(t, n, user)); got != 1 {
+					t.Errorf("round %d: %d clients of the user after Verify, want the one session", round, got)
+				}
+			}
+			if _, err := c.Revoke(ctx, &connector.RevokeRequest{GrantID: id, State: g.State}); err != nil {
+				t.Fatal(err)
+			}
+			v, err := c.Verify(ctx, &connector.VerifyRequest{GrantID: id, State: g.State, Probe: g.Probe})
+			if err != nil || !v.Gone() {
+				t.Fatalf("Verify after Revoke: %v, residue %v", err, residues(v))
+			}
+		})
+	}
+}

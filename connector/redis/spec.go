@@ -119,27 +119,19 @@ func parseSpec(raw map[string]any) (*Spec, error) {
 		return nil, lapse.FieldErrorf(lapse.EINVALID, "spec", "spec is empty: name at least one command or category")
 	}
 	var s Spec
-	lists := map[string]*[]string{
-		"commands": &s.Commands, "categories": &s.Categories,
-		"deny_commands": &s.DenyCommands, "deny_categories": &s.DenyCategories,
-		"keys": &s.Keys, "read_keys": &s.ReadKeys, "write_keys": &s.WriteKeys,
-		"channels": &s.Channels,
-	}
-	flags := map[string]*bool{"all_keys": &s.AllKeys, "all_channels": &s.AllChannels, "privileged": &s.Privileged}
 	for k, v := range raw {
-		field := "spec." + k
-		if dst, ok := lists[k]; ok {
-			l, err := stringList(field, v)
+		if dst := s.list(k); dst != nil {
+			l, err := stringList("spec."+k, v)
 			if err != nil {
 				return nil, err
 			}
 			*dst = l
 			continue
 		}
-		if dst, ok := flags[k]; ok {
+		if dst := s.flag(k); dst != nil {
 			b, isBool := v.(bool)
 			if !isBool && v != nil {
-				return nil, lapse.FieldErrorf(lapse.EINVALID, field, "must be true or false")
+				return nil, lapse.FieldErrorf(lapse.EINVALID, "spec."+k, "must be true or false")
 			}
 			*dst = b
 			continue
@@ -150,6 +142,42 @@ func parseSpec(raw map[string]any) (*Spec, error) {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// list returns the list field a spec key names, or nil.
+func (s *Spec) list(key string) *[]string {
+	switch key {
+	case "commands":
+		return &s.Commands
+	case "categories":
+		return &s.Categories
+	case "deny_commands":
+		return &s.DenyCommands
+	case "deny_categories":
+		return &s.DenyCategories
+	case "keys":
+		return &s.Keys
+	case "read_keys":
+		return &s.ReadKeys
+	case "write_keys":
+		return &s.WriteKeys
+	case "channels":
+		return &s.Channels
+	}
+	return nil
+}
+
+// flag returns the boolean field a spec key names, or nil.
+func (s *Spec) flag(key string) *bool {
+	switch key {
+	case "all_keys":
+		return &s.AllKeys
+	case "all_channels":
+		return &s.AllChannels
+	case "privileged":
+		return &s.Privileged
+	}
+	return nil
 }
 
 // stringList accepts a list of strings as YAML and JSON decoders produce
@@ -201,7 +229,12 @@ func (s *Spec) validate() error {
 			return lapse.FieldErrorf(lapse.ETOOLARGE, "spec."+l.field, "at most %d elements", maxSpecElements)
 		}
 		for i, v := range l.items {
-			if err := l.check(fmt.Sprintf("spec.%s[%d]", l.field, i), v); err != nil {
+			// The element's field name is only built for an error: this
+			// runs on every grant.
+			if err := l.check("", v); err != nil {
+				if e, ok := err.(*lapse.Error); ok {
+					e.Field = fmt.Sprintf("spec.%s[%d]", l.field, i)
+				}
 				return err
 			}
 		}
@@ -316,13 +349,17 @@ func quote(v string) string {
 	return fmt.Sprintf("%q", v)
 }
 
-// rules returns the ACL SETUSER arguments after the user name, in order.
-// `reset` first makes the result exact whatever the user held before and
-// whatever the server's defaults are (acl-pubsub-default): the user ends
-// with these rules and nothing else. passwordHash is the hex SHA-256 of the
-// password, so the clear password is never sent to the server.
-func (s *Spec) rules(passwordHash string) []string {
-	r := []string{"reset", "resetchannels", "on", "#" + passwordHash}
+// setUserArgs returns the ACL SETUSER command that gives user the spec's
+// rules: the rules follow the user name, in order. `reset` first makes the
+// result exact whatever the user held before and whatever the server's
+// defaults are (acl-pubsub-default): the user ends with these rules and
+// nothing else. passwordHash is the hex SHA-256 of the password, so the
+// clear password is never sent to the server.
+func (s *Spec) setUserArgs(user, passwordHash string) []any {
+	n := 3 + 4 + 2 + len(s.Keys) + len(s.ReadKeys) + len(s.WriteKeys) + len(s.Channels) +
+		len(s.Categories) + len(s.Commands) + len(s.DenyCategories) + len(s.DenyCommands) + 2
+	r := make([]any, 0, n)
+	r = append(r, "ACL", "SETUSER", user, "reset", "resetchannels", "on", "#"+passwordHash)
 	if s.AllKeys {
 		r = append(r, "~*")
 	}
@@ -355,9 +392,7 @@ func (s *Spec) rules(passwordHash string) []string {
 	}
 	// The guards come last, because the last matching rule wins.
 	if s.Privileged {
-		for _, c := range []string{"acl", "module"} {
-			r = append(r, "-"+c)
-		}
+		r = append(r, "-acl", "-module")
 	} else {
 		r = append(r, "-@dangerous")
 	}
