@@ -23,12 +23,15 @@ func placeholders(n int) string {
 
 // userOf returns an expression that is the 1-based index, among n user
 // names given as "name@" parameters, of the user named by col ("user@host",
-// as DEFINER and Grantor columns hold it), or 0. The user part is what
-// comes before the first "@", so every host of a user matches, and the
-// names are compared whole (no LIKE: a wildcard in a name widens nothing).
-// The connector's user names never contain "@".
+// as DEFINER and Grantor columns hold it, unquoted), or 0. The user part is
+// everything before the last "@" (a host name holds none; a user name may),
+// so every host of a user matches and "name@evil@%" is not name's. The
+// comparison is binary: information_schema compares case- and
+// accent-insensitively, and MariaDB's user names are neither, so without
+// it "LAPSE_…" would be taken for "lapse_…". Names are compared whole (no
+// LIKE: a wildcard in a name widens nothing).
 func userOf(col string, n int) string {
-	return "FIELD(LEFT(" + col + ", LOCATE('@', " + col + ")), " + placeholders(n) + ")"
+	return "FIELD(BINARY LEFT(" + col + ", CHAR_LENGTH(" + col + ") - CHAR_LENGTH(SUBSTRING_INDEX(" + col + ", '@', -1))), " + placeholders(n) + ")"
 }
 
 // The traces of users are read with two statements, run side by side.

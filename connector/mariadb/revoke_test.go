@@ -3,6 +3,7 @@ package mariadb_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -283,4 +284,39 @@ func TestSabotagedRevokeCaughtByVerify(t *testing.T) {
 			t.Errorf("not gone after the retry: %+v", v.Checkpoints)
 		}
 	})
+}
+
+// TestRevokeLeavesLookAlikeDefiners: objects whose DEFINER is another
+// account whose name differs from the grant's user only in letter case, or
+// that begins with the grant's user and an "@", are that account's:
+// Revoke leaves them, and Verify does not count them as residue.
+// (information_schema compares case-insensitively, and DEFINER is
+// "user@host" with no quoting.)
+func TestRevokeLeavesLookAlikeDefiners(t *testing.T) {
+	f := newFixture(t)
+	c := f.open(t)
+	id, g := f.grant(t, c, f.definerSpec())
+	user := g.Info["user"]
+	q := "`" + f.db + "`."
+	for i, other := range []string{strings.ToUpper(user), user + "@evil"} {
+		def := "'" + other + "'@'%'" // letters, digits, "_" and "@": nothing to escape
+		f.exec(t, "CREATE USER "+def)
+		t.Cleanup(func() { f.execQuiet(t, "DROP USER IF EXISTS "+def) })
+		f.exec(t, fmt.Sprintf("GRANT SELECT ON %s* TO %s", q, def))
+		f.exec(t, fmt.Sprintf("CREATE DEFINER=%s SQL SECURITY DEFINER VIEW %sv_other_%d AS SELECT id FROM %sitems", def, q, i, q))
+		f.exec(t, fmt.Sprintf("CREATE DEFINER=%s PROCEDURE %sp_other_%d() SQL SECURITY DEFINER SELECT 1", def, q, i))
+	}
+	mustRevoke(t, c, id, g)
+	if v := mustVerify(t, c, id, g); !v.Gone() {
+		t.Fatalf("Verify counts another account's objects as the grant's: %+v", v.Checkpoints)
+	}
+	for i := range 2 {
+		var n int
+		if err := f.admin.QueryRow("SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?", f.db, fmt.Sprintf("v_other_%d", i)).Scan(&n); err != nil || n != 1 {
+			t.Errorf("view v_other_%d of another account: %d left, %v; want it kept", i, n, err)
+		}
+		if err := f.admin.QueryRow("SELECT COUNT(*) FROM mysql.proc WHERE db = ? AND name = ?", f.db, fmt.Sprintf("p_other_%d", i)).Scan(&n); err != nil || n != 1 {
+			t.Errorf("procedure p_other_%d of another account: %d left, %v; want it kept", i, n, err)
+		}
+	}
 }
