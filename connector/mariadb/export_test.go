@@ -2,10 +2,10 @@ package mariadb
 
 import "sync"
 
-// Sabotage makes the named Revoke step ("lock", "kill", "definers",
-// "grantor", "drop", "event") silently do nothing, or restores it. Tests use
-// it to prove that Verify, which trusts nothing Revoke did, catches a
-// revoke that silently failed.
+// Sabotage makes the named Revoke step ("kill", "definers", "grantor",
+// "drop", "event") silently do nothing, or restores it. Tests use it to
+// prove that Verify, which trusts nothing Revoke did, catches a revoke that
+// silently failed.
 func Sabotage(c *Conn, step string, on bool) {
 	if c.sabotage == nil {
 		c.sabotage = map[string]bool{}
