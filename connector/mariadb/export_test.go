@@ -1,7 +1,5 @@
 package mariadb
 
-import "sync"
-
 // Sabotage makes the named Revoke step ("kill", "definers", "grantor",
 // "drop", "event") silently do nothing, or restores it. Tests use it to
 // prove that Verify, which trusts nothing Revoke did, catches a revoke that
@@ -25,12 +23,5 @@ func VerifyReads(user string) (queries []string, args [][]any) {
 // LargestBatches returns the largest batch each batcher has run: catalog
 // reads, process list reads, drops.
 func LargestBatches(c *Conn) (trace, process, drop int) {
-	get := func(mu *sync.Mutex, n *int) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return *n
-	}
-	return get(&c.traceBatches.mu, &c.traceBatches.largest),
-		get(&c.processBatches.mu, &c.processBatches.largest),
-		get(&c.dropBatches.mu, &c.dropBatches.largest)
+	return c.traceBatches.Largest(), c.processBatches.Largest(), c.dropBatches.Largest()
 }

@@ -25,11 +25,22 @@ import (
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
+	"github.com/lapsehq/lapse/internal/batch"
+)
+
+// Bounds of the batches concurrent Revokes and Verifies share.
+const (
+	// batchTimeout bounds one batch. A batch serves several callers, so it
+	// does not end when the caller that happens to run it gives up.
+	batchTimeout = time.Minute
+	// maxBatch bounds how many callers one batch serves, and so the size
+	// of the statement it sends.
+	maxBatch = 32
 )
 
 // Conn is a MariaDB connector. It is safe for concurrent use. Grant takes
 // no lock. Concurrent Revokes and Verifies share their reads and drops in
-// batches (batch.go): a batch serves every caller waiting when it starts,
+// batches (internal/batch): a batch serves every caller waiting when it starts,
 // and a lone caller runs at once.
 type Conn struct {
 	cfg    Config
@@ -42,11 +53,11 @@ type Conn struct {
 	// it (export_test.go), to prove that Verify catches what Revoke left.
 	sabotage map[string]bool
 	// Concurrent Revokes and Verifies share their catalog scans and
-	// process list reads (batch.go, reads.go).
-	traceBatches   *batcher[*traceItem]
-	processBatches *batcher[*processItem]
+	// process list reads (internal/batch, reads.go).
+	traceBatches   *batch.Batcher[*traceItem]
+	processBatches *batch.Batcher[*processItem]
 	// Concurrent Revokes drop their accounts together (revoke.go).
-	dropBatches *batcher[*dropItem]
+	dropBatches *batch.Batcher[*dropItem]
 }
 
 // state is what Grant hands the broker to keep. It never holds a secret.
@@ -146,9 +157,9 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 	// pending caller beats several running side by side, and a lone caller
 	// still runs at once.
 	leaders := max(1, cfg.MaxOpenConns/8)
-	c.traceBatches = &batcher[*traceItem]{maxRunning: leaders, run: c.traceBatch}
-	c.processBatches = &batcher[*processItem]{maxRunning: leaders, run: c.processBatch}
-	c.dropBatches = &batcher[*dropItem]{maxRunning: leaders, run: c.dropBatch}
+	c.traceBatches = &batch.Batcher[*traceItem]{MaxRunning: leaders, MaxBatch: maxBatch, Timeout: batchTimeout, Run: c.traceBatch}
+	c.processBatches = &batch.Batcher[*processItem]{MaxRunning: leaders, MaxBatch: maxBatch, Timeout: batchTimeout, Run: c.processBatch}
+	c.dropBatches = &batch.Batcher[*dropItem]{MaxRunning: leaders, MaxBatch: maxBatch, Timeout: batchTimeout, Run: c.dropBatch}
 	if err := c.check(ctx); err != nil {
 		db.Close()
 		return nil, err

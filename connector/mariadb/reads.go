@@ -12,7 +12,7 @@ import (
 )
 
 // The reads Revoke and Verify make are set-wise: one statement answers for
-// every user of a batch (batch.go), so concurrent calls share the scans
+// every user of a batch (internal/batch), so concurrent calls share the scans
 // that dominate their cost. For a single user each is the same statement
 // with a list of one.
 
@@ -156,7 +156,7 @@ type traceItem struct {
 // traces reads, through the batcher, the traces of users.
 func (c *Conn) traces(ctx context.Context, users []string, counts bool) ([]*userTrace, error) {
 	it := &traceItem{users: users, counts: counts}
-	if err := c.traceBatches.do(ctx, it); err != nil {
+	if err := c.traceBatches.Do(ctx, it); err != nil {
 		return nil, c.unavailable("mariadb: read the catalog", err)
 	}
 	return it.out, it.err
@@ -316,7 +316,7 @@ type processItem struct {
 // one read).
 func (c *Conn) processList(ctx context.Context, users ...string) ([]thread, error) {
 	it := &processItem{users: users}
-	if err := c.processBatches.do(ctx, it); err != nil {
+	if err := c.processBatches.Do(ctx, it); err != nil {
 		return nil, c.unavailable("mariadb: read process list", err)
 	}
 	return it.out, it.err

@@ -82,7 +82,7 @@ func (c *Conn) revokeUser(ctx context.Context, user string, resp *connector.Revo
 	// Steps 1 and 2, for this user and any others being revoked at the
 	// same time.
 	it := &dropItem{user: user}
-	if err := c.dropBatches.do(ctx, it); err != nil {
+	if err := c.dropBatches.Do(ctx, it); err != nil {
 		return c.unavailable("mariadb: revoke: drop and kill user "+user, err)
 	}
 	if it.alone {

@@ -26,13 +26,7 @@ func SCRAMVerifier(password string, iterations int) (string, error) {
 
 // LargestBatches reports the largest Revoke and Verify batches c has run.
 func LargestBatches(c *Conn) (revoke, verify int) {
-	c.revokes.mu.Lock()
-	revoke = c.revokes.largest
-	c.revokes.mu.Unlock()
-	c.verifies.mu.Lock()
-	verify = c.verifies.largest
-	c.verifies.mu.Unlock()
-	return revoke, verify
+	return c.revokes.Largest(), c.verifies.Largest()
 }
 
 // GrantOptionCheckAge is how old a grant-option check Grant may reuse.

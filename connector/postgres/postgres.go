@@ -28,6 +28,7 @@ import (
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector"
+	"github.com/lapsehq/lapse/internal/batch"
 )
 
 // Batching bounds: the most grants one set of statements handles, and how
@@ -84,8 +85,8 @@ type Conn struct {
 	paramACL bool
 
 	creds    *preparer
-	revokes  *batcher[*revokeItem]
-	verifies *batcher[*verifyItem]
+	revokes  *batch.Batcher[*revokeItem]
+	verifies *batch.Batcher[*verifyItem]
 
 	mu      sync.Mutex
 	dbPools map[string]*pgxpool.Pool // per-database pools for cleanup, opened on demand
@@ -205,8 +206,8 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 	// A quarter of the pool per kind of batch: two leaders by default,
 	// each turning whatever is pending into one set of statements.
 	leaders := max(1, cfg.MaxConns/4)
-	c.revokes = &batcher[*revokeItem]{maxRunning: leaders, maxBatch: maxBatch, timeout: cfg.TerminateWait.D() + batchTimeout, run: c.revokeBatch}
-	c.verifies = &batcher[*verifyItem]{maxRunning: leaders, maxBatch: maxBatch, timeout: batchTimeout, run: c.verifyBatch}
+	c.revokes = &batch.Batcher[*revokeItem]{MaxRunning: leaders, MaxBatch: maxBatch, Timeout: cfg.TerminateWait.D() + batchTimeout, Run: c.revokeBatch}
+	c.verifies = &batch.Batcher[*verifyItem]{MaxRunning: leaders, MaxBatch: maxBatch, Timeout: batchTimeout, Run: c.verifyBatch}
 	return c, nil
 }
 

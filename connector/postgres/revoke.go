@@ -191,7 +191,7 @@ func (c *Conn) Revoke(ctx context.Context, req *connector.RevokeRequest) (*conne
 		return nil, err
 	}
 	it := &revokeItem{in: in}
-	if err := c.revokes.do(ctx, it); err != nil {
+	if err := c.revokes.Do(ctx, it); err != nil {
 		return nil, dbError("revoke", err)
 	}
 	if it.resp != nil {

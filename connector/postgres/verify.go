@@ -180,7 +180,7 @@ func (c *Conn) Verify(ctx context.Context, req *connector.VerifyRequest) (*conne
 		}
 	} else {
 		it := &verifyItem{in: in}
-		if err := c.verifies.do(ctx, it); err != nil {
+		if err := c.verifies.Do(ctx, it); err != nil {
 			return nil, dbError("verify", err)
 		}
 		if it.err != nil {

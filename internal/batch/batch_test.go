@@ -1,16 +1,17 @@
-package mariadb
+package batch
 
 import (
 	"context"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestBatcherServesEachItemOnceAfterItIsQueued checks the batcher's
 // guarantees: every item is run exactly once, by a batch that started
 // after the item was queued (so a batched read is never older than the
-// call it answers), and no more than maxRunning batches run at once.
+// call it answers), and no more than MaxRunning batches run at once.
 func TestBatcherServesEachItemOnceAfterItIsQueued(t *testing.T) {
 	type item struct {
 		queued, started int64
@@ -19,7 +20,7 @@ func TestBatcherServesEachItemOnceAfterItIsQueued(t *testing.T) {
 	var clock, running, most atomic.Int64
 	var mu sync.Mutex
 	largest := 0
-	b := &batcher[*item]{maxRunning: 2, run: func(ctx context.Context, items []*item) {
+	b := &Batcher[*item]{MaxRunning: 2, MaxBatch: 32, Timeout: time.Minute, Run: func(ctx context.Context, items []*item) {
 		n := running.Add(1)
 		defer running.Add(-1)
 		for {
@@ -43,7 +44,7 @@ func TestBatcherServesEachItemOnceAfterItIsQueued(t *testing.T) {
 		items[i] = &item{}
 		wg.Go(func() {
 			items[i].queued = clock.Add(1)
-			if err := b.do(context.Background(), items[i]); err != nil {
+			if err := b.Do(context.Background(), items[i]); err != nil {
 				t.Error(err)
 			}
 		})
@@ -69,7 +70,7 @@ func TestBatcherCallerStopsWaiting(t *testing.T) {
 	release := make(chan struct{})
 	entered := make(chan struct{})
 	var ran sync.Map
-	b := &batcher[string]{maxRunning: 1, run: func(ctx context.Context, items []string) {
+	b := &Batcher[string]{MaxRunning: 1, MaxBatch: 32, Timeout: time.Minute, Run: func(ctx context.Context, items []string) {
 		for _, it := range items {
 			if it == "first" {
 				close(entered)
@@ -79,11 +80,11 @@ func TestBatcherCallerStopsWaiting(t *testing.T) {
 		}
 	}}
 	firstDone := make(chan error)
-	go func() { firstDone <- b.do(context.Background(), "first") }()
+	go func() { firstDone <- b.Do(context.Background(), "first") }()
 	<-entered
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := b.do(ctx, "second"); err != context.Canceled {
+	if err := b.Do(ctx, "second"); err != context.Canceled {
 		t.Fatalf("do with a cancelled context = %v, want context.Canceled", err)
 	}
 	close(release)
