@@ -150,6 +150,9 @@ type Tx interface {
 	// gap-free and strictly increasing in commit order.
 	AppendEvent(ctx context.Context, e *Event) error
 
+	// GetAPIKey reads a key, locking it against concurrent writers until
+	// the transaction ends. Returns ENOTFOUND if no key has the prefix.
+	GetAPIKey(ctx context.Context, prefix string) (*APIKey, error)
 	// InsertAPIKey stores a new key. Returns ECONFLICT if the prefix exists.
 	InsertAPIKey(ctx context.Context, k *APIKey) error
 	// UpdateAPIKey writes RevokedAt and LastUsedAt of an existing key.

@@ -300,7 +300,9 @@ func (b *Broker) RevokeAPIKey(ctx context.Context, prefix string) (*lapse.APIKey
 	}
 	var out *lapse.APIKey
 	err = b.store.Update(ctx, func(tx lapse.Tx) error {
-		k, err := b.store.GetAPIKey(ctx, prefix)
+		// Read under the transaction's lock: of two concurrent revocations
+		// one writes and records apikey.revoked, the other sees it done.
+		k, err := tx.GetAPIKey(ctx, prefix)
 		if err != nil {
 			return err
 		}

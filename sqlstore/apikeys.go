@@ -37,14 +37,28 @@ func scanAPIKey(sc scanner) (*lapse.APIKey, error) {
 
 // GetAPIKey implements lapse.Store.
 func (s *Store) GetAPIKey(ctx context.Context, prefix string) (*lapse.APIKey, error) {
-	if err := noNUL("prefix", prefix); err != nil {
-		return nil, err
-	}
 	c, err := s.reader()
 	if err != nil {
 		return nil, err
 	}
-	k, err := scanAPIKey(c.queryRow(ctx, qGetAPIKey, prefix))
+	return c.getAPIKey(ctx, prefix, false)
+}
+
+// GetAPIKey implements lapse.Tx: the key is locked until the transaction
+// ends (FOR UPDATE on PostgreSQL; SQLite has one writer).
+func (t *tx) GetAPIKey(ctx context.Context, prefix string) (*lapse.APIKey, error) {
+	return t.getAPIKey(ctx, prefix, true)
+}
+
+func (c *conn) getAPIKey(ctx context.Context, prefix string, forUpdate bool) (*lapse.APIKey, error) {
+	if err := noNUL("prefix", prefix); err != nil {
+		return nil, err
+	}
+	q := qGetAPIKey
+	if forUpdate {
+		q = qGetAPIKeyForUpdate
+	}
+	k, err := scanAPIKey(c.queryRow(ctx, q, prefix))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, lapse.Errorf(lapse.ENOTFOUND, "api key not found")
 	} else if err != nil {

@@ -35,6 +35,7 @@ const (
 	qSetEventSeq
 
 	qGetAPIKey
+	qGetAPIKeyForUpdate
 	qListAPIKeys
 	qInsertAPIKey
 	qUpdateAPIKey
@@ -135,8 +136,9 @@ var queryText = [numQueries]string{
 	qLockEventSeq: "SELECT seq FROM event_seq WHERE id = 1{FOR UPDATE}",
 	qSetEventSeq:  "UPDATE event_seq SET seq = ? WHERE id = 1",
 
-	qGetAPIKey:   "SELECT " + apiKeyCols + " FROM api_keys WHERE prefix = ?",
-	qListAPIKeys: "SELECT " + apiKeyListCols + " FROM api_keys ORDER BY created_at DESC, prefix DESC",
+	qGetAPIKey:          "SELECT " + apiKeyCols + " FROM api_keys WHERE prefix = ?",
+	qGetAPIKeyForUpdate: "SELECT " + apiKeyCols + " FROM api_keys WHERE prefix = ?{FOR UPDATE}",
+	qListAPIKeys:        "SELECT " + apiKeyListCols + " FROM api_keys ORDER BY created_at DESC, prefix DESC",
 	qInsertAPIKey: "INSERT INTO api_keys (" + apiKeyCols + ") VALUES " +
 		"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 	qUpdateAPIKey: "UPDATE api_keys SET revoked_at = ?, last_used_at = ? WHERE prefix = ?",

@@ -246,19 +246,23 @@ func (m *Main) adminAPIKeyRevoke() *cobra.Command {
 // the same transaction. Revoking a revoked key changes nothing.
 // Returns ENOTFOUND if no key has that prefix.
 func revokeAPIKey(ctx context.Context, store lapse.Store, clock lapse.Clock, prefix string, actor lapse.Principal) (*lapse.APIKey, error) {
-	k, err := store.GetAPIKey(ctx, prefix)
-	if err != nil {
-		return nil, err
-	}
-	if !k.RevokedAt.IsZero() {
-		return k, nil
-	}
-	k.RevokedAt = clock.Now()
-	data, err := json.Marshal(map[string]any{"prefix": k.Prefix, "principal": k.Principal.ID})
-	if err != nil {
-		return nil, err
-	}
-	err = store.Update(ctx, func(tx lapse.Tx) error {
+	var out *lapse.APIKey
+	err := store.Update(ctx, func(tx lapse.Tx) error {
+		// Read under the transaction's lock, so that a concurrent
+		// revocation (this command twice, or the API) records one event.
+		k, err := tx.GetAPIKey(ctx, prefix)
+		if err != nil {
+			return err
+		}
+		out = k
+		if !k.RevokedAt.IsZero() {
+			return nil
+		}
+		k.RevokedAt = clock.Now()
+		data, err := json.Marshal(map[string]any{"prefix": k.Prefix, "principal": k.Principal.ID})
+		if err != nil {
+			return err
+		}
 		if err := tx.UpdateAPIKey(ctx, k); err != nil {
 			return err
 		}
@@ -271,7 +275,7 @@ func revokeAPIKey(ctx context.Context, store lapse.Store, clock lapse.Clock, pre
 	if err != nil {
 		return nil, err
 	}
-	return k, nil
+	return out, nil
 }
 
 // clock returns the injected clock or the system clock.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,6 +199,51 @@ func testAPIKeys(t *testing.T, s lapse.Store) {
 	missing.ID, missing.Prefix = "qqqqqqqqqqqq", "qqqqqqqqqqqq"
 	err = s.Update(ctx, func(tx lapse.Tx) error { return tx.UpdateAPIKey(ctx, &missing) })
 	wantCode(t, err, lapse.ENOTFOUND)
+
+	// Read in a transaction, a key is what the store holds, and locked:
+	// of concurrent read-then-revoke transactions only one finds the key
+	// unrevoked.
+	err = s.Update(ctx, func(tx lapse.Tx) error {
+		got, err := tx.GetAPIKey(ctx, k2.Prefix)
+		if err == nil {
+			wantEqual(t, "Tx.GetAPIKey", got, k2)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Update(ctx, func(tx lapse.Tx) error {
+		_, err := tx.GetAPIKey(ctx, "zzzzzzzzzzzz")
+		return err
+	})
+	wantCode(t, err, lapse.ENOTFOUND)
+	var wg sync.WaitGroup
+	var revoked atomic.Int32
+	for i := range 8 {
+		wg.Go(func() {
+			wrote := false // of the attempt that committed
+			err := s.Update(ctx, func(tx lapse.Tx) error {
+				wrote = false
+				k, err := tx.GetAPIKey(ctx, k2.Prefix)
+				if err != nil || !k.RevokedAt.IsZero() {
+					return err
+				}
+				k.RevokedAt = t0.Add(time.Duration(i+1) * time.Second)
+				wrote = true
+				return tx.UpdateAPIKey(ctx, k)
+			})
+			if err != nil {
+				t.Error(err)
+			} else if wrote {
+				revoked.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := revoked.Load(); n != 1 {
+		t.Errorf("%d of 8 concurrent revocations found the key unrevoked; want exactly 1", n)
+	}
 }
 
 func testTokenFeed(t *testing.T, s lapse.Store) {
