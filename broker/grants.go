@@ -300,25 +300,33 @@ func (b *Broker) RevokeAPIKey(ctx context.Context, prefix string) (*lapse.APIKey
 	}
 	var out *lapse.APIKey
 	err = b.store.Update(ctx, func(tx lapse.Tx) error {
-		// Read under the transaction's lock: of two concurrent revocations
-		// one writes and records apikey.revoked, the other sees it done.
-		k, err := tx.GetAPIKey(ctx, prefix)
-		if err != nil {
-			return err
-		}
-		out = k
-		if !k.RevokedAt.IsZero() {
-			return nil
-		}
-		k.RevokedAt = b.clock.Now()
-		if err := tx.UpdateAPIKey(ctx, k); err != nil {
-			return err
-		}
-		return tx.AppendEvent(ctx, &lapse.Event{Time: k.RevokedAt, Type: lapse.EventAPIKeyRevoked, ActorID: p.ID, ActorKind: p.Kind,
-			Channel: lapse.ChannelFrom(ctx), Outcome: "revoked", Data: eventData(map[string]any{"prefix": k.Prefix, "principal": k.Principal.ID})})
+		out, err = RevokeAPIKeyIn(ctx, tx, prefix, b.clock.Now(), *p)
+		return err
 	})
 	if err != nil {
 		return nil, storeErr("revoke api key", err)
 	}
 	return out, nil
+}
+
+// RevokeAPIKeyIn revokes the key with prefix in tx at now and records
+// apikey.revoked by actor; a key already revoked is returned unchanged. It
+// reads the key under the transaction's lock, so of two concurrent
+// revocations one writes and the other sees it done. RevokeAPIKey and
+// lapse admin (which works on the store directly) both revoke through it.
+func RevokeAPIKeyIn(ctx context.Context, tx lapse.Tx, prefix string, now time.Time, actor lapse.Principal) (*lapse.APIKey, error) {
+	k, err := tx.GetAPIKey(ctx, prefix)
+	if err != nil || !k.RevokedAt.IsZero() {
+		return k, err
+	}
+	k.RevokedAt = now
+	if err := tx.UpdateAPIKey(ctx, k); err != nil {
+		return nil, err
+	}
+	ev := &lapse.Event{Time: now, Type: lapse.EventAPIKeyRevoked, ActorID: actor.ID, ActorKind: actor.Kind,
+		Channel: lapse.ChannelFrom(ctx), Outcome: "revoked", Data: eventData(map[string]any{"prefix": k.Prefix, "principal": k.Principal.ID})}
+	if err := tx.AppendEvent(ctx, ev); err != nil {
+		return nil, err
+	}
+	return k, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lapsehq/lapse"
+	"github.com/lapsehq/lapse/broker"
 	"github.com/lapsehq/lapse/config"
 	"github.com/lapsehq/lapse/sqlstore"
 )
@@ -243,34 +244,14 @@ func (m *Main) adminAPIKeyRevoke() *cobra.Command {
 }
 
 // revokeAPIKey revokes the key with prefix and records apikey.revoked in
-// the same transaction. Revoking a revoked key changes nothing.
-// Returns ENOTFOUND if no key has that prefix.
+// the same transaction (broker.RevokeAPIKeyIn). Revoking a revoked key
+// changes nothing. Returns ENOTFOUND if no key has that prefix.
 func revokeAPIKey(ctx context.Context, store lapse.Store, clock lapse.Clock, prefix string, actor lapse.Principal) (*lapse.APIKey, error) {
 	var out *lapse.APIKey
 	err := store.Update(ctx, func(tx lapse.Tx) error {
-		// Read under the transaction's lock, so that a concurrent
-		// revocation (this command twice, or the API) records one event.
-		k, err := tx.GetAPIKey(ctx, prefix)
-		if err != nil {
-			return err
-		}
-		out = k
-		if !k.RevokedAt.IsZero() {
-			return nil
-		}
-		k.RevokedAt = clock.Now()
-		data, err := json.Marshal(map[string]any{"prefix": k.Prefix, "principal": k.Principal.ID})
-		if err != nil {
-			return err
-		}
-		if err := tx.UpdateAPIKey(ctx, k); err != nil {
-			return err
-		}
-		return tx.AppendEvent(ctx, &lapse.Event{
-			Time: k.RevokedAt, Type: lapse.EventAPIKeyRevoked,
-			ActorID: actor.ID, ActorKind: actor.Kind, Channel: lapse.ChannelFrom(ctx),
-			Outcome: "revoked", Data: data,
-		})
+		var err error
+		out, err = broker.RevokeAPIKeyIn(ctx, tx, prefix, clock.Now(), actor)
+		return err
 	})
 	if err != nil {
 		return nil, err
