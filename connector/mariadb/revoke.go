@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -276,6 +277,16 @@ func (c *Conn) hostsOf(ctx context.Context, users []string) (map[string][]string
 	return out, nil
 }
 
+// killCounts names the compound statement's variables that hold each
+// user's KILL count: "k0, k1, …, k(n-1)".
+func killCounts(n int) string {
+	vs := make([]string, n)
+	for i := range vs {
+		vs[i] = "k" + strconv.Itoa(i)
+	}
+	return strings.Join(vs, ", ")
+}
+
 // dropAndKill drops the accounts of users and then kills each user's
 // connections, recording in killed how many each KILL ended.
 func (c *Conn) dropAndKill(ctx context.Context, users []string, hosts map[string][]string, killed []int64) error {
@@ -283,14 +294,7 @@ func (c *Conn) dropAndKill(ctx context.Context, users []string, hosts map[string
 	b.WriteString("BEGIN NOT ATOMIC")
 	kill := c.killing()
 	if kill {
-		b.WriteString(" DECLARE ")
-		for i := range users {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "k%d", i)
-		}
-		b.WriteString(" BIGINT DEFAULT 0;")
+		b.WriteString(" DECLARE " + killCounts(len(users)) + " BIGINT DEFAULT 0;")
 	}
 	n := 0
 	if c.dropping() && len(hosts) > 0 {
@@ -301,14 +305,7 @@ func (c *Conn) dropAndKill(ctx context.Context, users []string, hosts map[string
 		for i, u := range users {
 			fmt.Fprintf(&b, " %s; SET k%d = ROW_COUNT();", killStatement(u), i)
 		}
-		b.WriteString(" SELECT ")
-		for i := range users {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "k%d", i)
-		}
-		b.WriteString(";")
+		b.WriteString(" SELECT " + killCounts(len(users)) + ";")
 		n++
 	}
 	b.WriteString(" END")

@@ -312,11 +312,7 @@ func (c *Conn) revokeFast(ctx context.Context, items []*revokeItem) {
 		}
 	}
 	if !c.skipped(stepDrop) && len(roles) > 0 {
-		q := make([]string, len(roles))
-		for i, r := range roles {
-			q[i] = quoteIdent(r.name)
-		}
-		err := c.execCatalog(ctx, "DROP ROLE IF EXISTS "+strings.Join(q, ", "))
+		err := c.execCatalog(ctx, dropRolesSQL(roles))
 		switch {
 		case err == nil:
 			for _, it := range items {
@@ -346,6 +342,15 @@ func (c *Conn) revokeFast(ctx context.Context, items []*revokeItem) {
 			it.resp.Actions = append(it.resp.Actions, "no role of the grant left to drop")
 		}
 	}
+}
+
+// dropRolesSQL is one DROP ROLE IF EXISTS for every role of roles.
+func dropRolesSQL(roles []foundRole) string {
+	names := make([]string, len(roles))
+	for i, r := range roles {
+		names[i] = r.name
+	}
+	return "DROP ROLE IF EXISTS " + quoteIdents(names)
 }
 
 // revokeInOneTrip does the set-wise revocation's three steps in one
@@ -397,11 +402,7 @@ func (c *Conn) revokeInOneTrip(ctx context.Context, roles []foundRole, oids []ui
 	}
 	b.WriteString(victimsCTE("ARRAY["+strings.Join(oidLits, ",")+"]::oid[]", "ARRAY["+strings.Join(nameLits, ",")+"]::text[]", "'{}'::text[]"))
 	b.WriteString("SELECT pid, usename, usesysid FROM victims WHERE pg_catalog.pg_terminate_backend(pid);\n")
-	q := make([]string, len(roles))
-	for i, r := range roles {
-		q[i] = quoteIdent(r.name)
-	}
-	b.WriteString("DROP ROLE IF EXISTS " + strings.Join(q, ", "))
+	b.WriteString(dropRolesSQL(roles))
 
 	conn, err := c.pool.Acquire(ctx)
 	if err != nil {
