@@ -45,6 +45,18 @@ type Store interface {
 	// they are returned in deadline (ExpiresAt) order. Two concurrent
 	// callers never receive the same grant while its lease is valid.
 	ClaimDueGrants(ctx context.Context, in ClaimInput) ([]*Grant, error)
+	// ClaimExpiring reserves the expiry of grants ahead of their deadline.
+	// It leases up to in.Limit grants of in.Target (required) that are
+	// active, whose deadline (ExpiresAt, which is their DueAt) falls after
+	// in.Now and no later than in.Now+in.Ahead, and whose lease is free
+	// or expired, earliest deadline first, returned in deadline order with
+	// their checkpoints. Each stays active; its LeaseOwner becomes
+	// in.Owner, its LeaseUntil and DueAt its ExpiresAt plus in.Lease, and
+	// its Fence and Version are incremented. The claimer alone then acts
+	// on the deadline when it comes; if it dies, the grant is due again
+	// when that lease ends. Returns EINVALID if Owner, Now, Lease, Limit,
+	// Ahead or Target is missing.
+	ClaimExpiring(ctx context.Context, in ClaimInput) ([]*Grant, error)
 	// NextDueAt returns the earliest DueAt of any grant that is not revoked,
 	// or ok=false when there is none.
 	NextDueAt(ctx context.Context) (t time.Time, ok bool, err error)
@@ -88,6 +100,22 @@ type SerialWriter interface {
 	// SerialWrites reports whether the store runs one write transaction at
 	// a time.
 	SerialWrites() bool
+}
+
+// EngineLocker is implemented by a Store that can tell an engine whether it
+// is the only one running on the database. SQLite serves one node, but any
+// process may open its file: a server restarted after a crash finds the
+// leases of the process that died, which no one else can hold. LockEngine
+// is called as an engine starts and holds until unlock is called. When no
+// other engine holds it, every lease in the store was left by an engine that
+// has ended, and LockEngine frees them all: their grants are due again at
+// once — an active grant whose expiry was reserved, at its deadline — and
+// their fence and version move, so nothing written under an old lease can
+// land. It returns how many it freed. On a store whose engines run side by
+// side (PostgreSQL replicas) it returns a nil unlock and does nothing: there
+// a lease is taken over only when it ends.
+type EngineLocker interface {
+	LockEngine(ctx context.Context, now time.Time) (freed int, unlock func(), err error)
 }
 
 // Tx is one read-write transaction (see Store.Update).
@@ -189,6 +217,9 @@ type ClaimInput struct {
 	// the difference between one and two row writes per grant when
 	// thousands of deadlines fall in the same second.
 	Expire bool
+	// Ahead is how far past Now ClaimExpiring looks for deadlines; the
+	// other claims ignore it.
+	Ahead time.Duration
 }
 
 // TokenRevocation is one entry of a token target's revocation feed.

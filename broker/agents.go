@@ -546,6 +546,9 @@ func (b *Broker) RevokeMandate(ctx context.Context, id string) (*lapse.Mandate, 
 				default:
 					continue // already ending
 				}
+				if supersedeReservation(cur, now) {
+					continue // its reserved expiry is under way (reserve.go)
+				}
 				cur.State = lapse.GrantRevoking
 				cur.EndReason = lapse.EndRevoked
 				cur.RevokeStartedAt = now

@@ -90,6 +90,12 @@ type EngineConfig struct {
 	OverdueRate float64
 	// OverdueGrace: see OverdueRate. 0 = 5s.
 	OverdueGrace time.Duration
+	// ClaimAhead is how long before an active grant's deadline the engine
+	// reserves its expiry (reserve.go), so that when the deadline comes
+	// only the connector calls remain. It is also how early an extension
+	// must come: a grant whose expiry is reserved is no longer extended.
+	// 0 = Lease/10; negative = never reserve (claim at the deadline).
+	ClaimAhead time.Duration
 }
 
 func (c *EngineConfig) setDefaults() {
@@ -120,6 +126,12 @@ func (c *EngineConfig) setDefaults() {
 	}
 	if c.OverdueGrace <= 0 {
 		c.OverdueGrace = 5 * time.Second
+	}
+	switch {
+	case c.ClaimAhead == 0:
+		c.ClaimAhead = c.Lease / 10
+	case c.ClaimAhead < 0:
+		c.ClaimAhead = 0
 	}
 }
 

@@ -44,6 +44,7 @@ const (
 	actProvision
 	actRevoke
 	actVerify
+	actExpire // a reserved expiry's deadline came (reserve.go)
 )
 
 // target is one connector instance with its concurrency limit and pacing.
@@ -114,6 +115,12 @@ type engine struct {
 	claiming atomic.Bool
 	noHold   atomic.Int32
 	kick     chan struct{}
+
+	// reserved: expiries claimed ahead of their deadline (reserve.go);
+	// lastReserve and reserveMore pace the reservations (engine.reserve).
+	reserved    reservations
+	lastReserve time.Time
+	reserveMore bool
 }
 
 // Bounds on how long the committer holds results (commitLoop).
@@ -190,11 +197,25 @@ func (e *engine) stop() {
 // graceful shutdown leaves nothing half done.
 func (b *Broker) Run(ctx context.Context) error {
 	e := b.engine
+	if l, ok := b.store.(lapse.EngineLocker); ok {
+		freed, unlock, err := l.LockEngine(ctx, b.clock.Now())
+		switch {
+		case err != nil:
+			// Without the lock nothing is taken over: leases end as usual.
+			b.log.Warn("engine lock not taken; leases left by an ended process are freed when they end", "err", err)
+		case unlock != nil:
+			defer unlock() // after everything below is written
+			if freed > 0 {
+				b.log.Info("no other engine runs on this store: freed the leases an ended process left", "grants", freed)
+			}
+		}
+	}
 	e.start()
 	b.running.Store(true)
 	defer func() {
 		b.running.Store(false)
 		e.claiming.Store(false)
+		e.releaseReservations(context.WithoutCancel(ctx))
 		e.stop()
 	}()
 	timer := time.NewTimer(0)
@@ -206,21 +227,17 @@ func (b *Broker) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-b.wake:
 		}
+		e.fireReserved(b.clock.Now())
 		claimed, err := e.cycle(ctx)
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("engine cycle failed; retrying", "err", err)
 		}
-		e.sweepRequests(ctx)
-		wait := b.cfg.PollInterval
-		if claimed > 0 {
-			// More may be due right now, or capacity was the limit: come
-			// back soon rather than at the next deadline.
-			wait = 2 * time.Millisecond
-		} else if next, ok, err := b.store.NextDueAt(ctx); err == nil && ok {
-			if d := next.Sub(b.clock.Now()); d < wait {
-				wait = max(d, 0)
-			}
+		reserved, more, err := e.reserve(ctx, b.clock.Now())
+		if err != nil && ctx.Err() == nil {
+			b.log.Warn("reserving expiries failed; retrying", "err", err)
 		}
+		e.sweepRequests(ctx)
+		wait := e.nextWait(claimed > 0 || more, reserved > 0)
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
@@ -229,6 +246,40 @@ func (b *Broker) Run(ctx context.Context) error {
 		}
 		timer.Reset(wait)
 	}
+}
+
+// nextWait is how long the engine loop may sleep: until the next due
+// grant, the next reserved deadline, or the moment the next deadline comes
+// within ClaimAhead, and at most PollInterval. busy (a claim came back
+// full: more may be due now) and reserved (expiries were just reserved:
+// their deadlines are near) bring it back soon.
+func (e *engine) nextWait(busy, reserved bool) time.Duration {
+	b := e.b
+	if busy {
+		return 2 * time.Millisecond
+	}
+	now := b.clock.Now()
+	wait := b.cfg.PollInterval
+	if next, ok, err := b.store.NextDueAt(context.Background()); err == nil && ok {
+		d := next.Sub(now)
+		if ahead := b.cfg.ClaimAhead; ahead > 0 && e.reserveRoom() {
+			if d > ahead {
+				d -= ahead
+			} else {
+				// Within the window but not reservable (not active, say):
+				// look again after the pause between reservations.
+				d = min(d, e.reservePause())
+			}
+		}
+		wait = min(wait, d)
+	}
+	if next, ok := e.reserved.next(); ok {
+		wait = min(wait, next.Sub(now))
+	}
+	if reserved {
+		wait = min(wait, 2*time.Millisecond)
+	}
+	return max(wait, 0)
 }
 
 // Tick runs the engine synchronously until nothing is due at the clock's
@@ -321,6 +372,7 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 		act action
 	}
 	var dispatch []planned
+	var claimedIDs []string
 	claimed := 0
 	err := e.b.store.Update(ctx, func(tx lapse.Tx) error {
 		dispatch = dispatch[:0]
@@ -329,6 +381,10 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 			return err
 		}
 		claimed = len(gs)
+		claimedIDs = claimedIDs[:0]
+		for _, g := range gs {
+			claimedIDs = append(claimedIDs, g.ID)
+		}
 		// Fenced grants about to start: their pairs are locked here, before
 		// any event is appended (fence.go).
 		waiting, err := e.fences(ctx, tx, gs, now)
@@ -384,6 +440,10 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 	if err != nil {
 		// Nothing was written: the grants stay unclaimed and due.
 		return 0, err
+	}
+	for _, id := range claimedIDs {
+		// An ordinary claim supersedes a reservation of the same grant.
+		e.reserved.drop(id)
 	}
 	if claimed > 0 && e.serial {
 		// Before the dispatch, so the committer holds these grants'
@@ -588,6 +648,8 @@ func (e *engine) step(t *target, g *lapse.Grant, act action, fence int64) *resul
 		e.revoke(ctx, t, res, true)
 	case actVerify:
 		e.revoke(ctx, t, res, false)
+	case actExpire:
+		e.expire(ctx, t, res)
 	}
 	return res
 }

@@ -161,6 +161,12 @@ func (b *Broker) applyExtension(ctx context.Context, tx lapse.Tx, c *catalog, r 
 	if g.State != lapse.GrantActive || !now.Before(g.ExpiresAt) {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s is no longer active; the extension does not apply", g.ID)
 	}
+	if reservedExpiry(g, now) {
+		// The engine has scheduled the revocation for the deadline and
+		// will not look at the store again before acting (reserve.go).
+		return nil, lapse.Errorf(lapse.ECONFLICT, "grant %s expires in %s and its revocation is already scheduled; request a new grant",
+			g.ID, g.ExpiresAt.Sub(now).Round(time.Millisecond))
+	}
 	e := c.byName[g.Entitlement]
 	if e == nil {
 		return nil, lapse.Errorf(lapse.ECONFLICT, "entitlement %s is no longer in the policy", g.Entitlement)

@@ -194,6 +194,9 @@ func (b *Broker) startEnd(ctx context.Context, tx lapse.Tx, g *lapse.Grant, reas
 		return nil // already ending; nothing to add
 	}
 	now := b.clock.Now()
+	if supersedeReservation(g, now) {
+		return nil // its reserved expiry is under way (reserve.go)
+	}
 	g.State = lapse.GrantRevoking
 	g.EndReason = reason
 	g.RevokeStartedAt = now

@@ -18,6 +18,7 @@ type metrics struct {
 	callSeconds    *prometheus.HistogramVec
 	fenced         prometheus.Counter
 	unknown        *prometheus.GaugeVec
+	reservedGrants prometheus.Gauge
 }
 
 func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
@@ -48,6 +49,10 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 			Name: "lapse_grants_unknown_target",
 			Help: "Due grants whose target is not configured in this process (cannot be revoked here).",
 		}, []string{"target"}),
+		reservedGrants: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lapse_engine_reserved_expiries",
+			Help: "Active grants whose expiry this process reserved ahead of the deadline and has not yet started.",
+		}),
 	}
 	// Every target's failure counter exists from the start at 0, so an
 	// alert on its rate sees the first failure instead of a new series.
@@ -57,7 +62,7 @@ func newMetrics(b *Broker, reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.overshoot, m.revokeFailures, m.calls, m.callSeconds, m.fenced, m.unknown, &storeCollector{b: b})
+	reg.MustRegister(m.overshoot, m.revokeFailures, m.calls, m.callSeconds, m.fenced, m.unknown, m.reservedGrants, &storeCollector{b: b})
 	return m
 }
 

@@ -146,6 +146,7 @@ type Engine struct {
 	RetryMax     time.Duration
 	OverdueRate  float64
 	OverdueGrace time.Duration
+	ClaimAhead   time.Duration
 }
 
 // Audit configures the tamper-evident audit log (docs/audit.md). Paths
@@ -236,6 +237,7 @@ type rawEngine struct {
 	RetryMax     lapse.Duration `yaml:"retry_max"`
 	OverdueRate  float64        `yaml:"overdue_rate"`
 	OverdueGrace lapse.Duration `yaml:"overdue_grace"`
+	ClaimAhead   lapse.Duration `yaml:"claim_ahead"`
 }
 
 type rawAudit struct {
@@ -576,6 +578,7 @@ func (v *validator) engine(r *rawEngine) Engine {
 		RetryMax:     r.RetryMax.D(),
 		OverdueRate:  r.OverdueRate,
 		OverdueGrace: r.OverdueGrace.D(),
+		ClaimAhead:   r.ClaimAhead.D(),
 	}
 	bound := func(key string, d, lo, hi time.Duration) {
 		if d != 0 && (d < lo || d > hi) {
@@ -587,6 +590,7 @@ func (v *validator) engine(r *rawEngine) Engine {
 	bound("retry_base", e.RetryBase, 10*time.Millisecond, time.Hour)
 	bound("retry_max", e.RetryMax, 100*time.Millisecond, 24*time.Hour)
 	bound("overdue_grace", e.OverdueGrace, 0, time.Hour)
+	bound("claim_ahead", e.ClaimAhead, 10*time.Millisecond, 10*time.Minute)
 	if e.RetryBase != 0 && e.RetryMax != 0 && e.RetryMax < e.RetryBase {
 		v.errorf(path("engine", "retry_max"), "must not be less than retry_base")
 	}

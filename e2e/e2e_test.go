@@ -11,10 +11,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,6 +65,7 @@ store:
 sealing_key: {file: sealing.key}
 engine:
   lease: {{LEASE}}
+  claim_ahead: {{AHEAD}}
   poll_interval: 200ms
   retry_base: 200ms
   retry_max: 2s
@@ -83,6 +87,12 @@ entitlements:
 
 func newCluster(t *testing.T, driver, dsn string, lease time.Duration) *cluster {
 	t.Helper()
+	return newClusterAhead(t, driver, dsn, lease, lease/10)
+}
+
+// newClusterAhead is newCluster with the engine's claim_ahead set.
+func newClusterAhead(t *testing.T, driver, dsn string, lease, ahead time.Duration) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	key := make([]byte, 32)
 	rand.Read(key)
@@ -92,7 +102,7 @@ func newCluster(t *testing.T, driver, dsn string, lease time.Duration) *cluster 
 	if err := os.MkdirAll(filepath.Join(dir, "target"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	cfg := strings.NewReplacer("{{DIR}}", dir, "{{DRIVER}}", driver, "{{DSN}}", fmt.Sprintf("%q", dsn), "{{LEASE}}", lease.String()).Replace(clusterConfig)
+	cfg := strings.NewReplacer("{{DIR}}", dir, "{{DRIVER}}", driver, "{{DSN}}", fmt.Sprintf("%q", dsn), "{{LEASE}}", lease.String(), "{{AHEAD}}", ahead.String()).Replace(clusterConfig)
 	path := filepath.Join(dir, "lapse.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -297,6 +307,88 @@ func TestDeadlinesSurviveSIGKILL(t *testing.T) {
 			t.Errorf("grant %s: %d revoked events, end reason %s", id, n, g.EndReason)
 		}
 	}
+}
+
+// The server has reserved the expiries of twenty short grants (their
+// deadlines are within claim_ahead, 30s) when it is killed with SIGKILL, so its
+// leases on them last a minute past their deadlines. The restarted server is
+// the only engine on the SQLite store: it frees those leases at start and
+// revokes every grant, once, long before the leases would have ended.
+func TestReservedExpiriesSurviveSIGKILL(t *testing.T) {
+	const lease = time.Minute
+	c := newClusterAhead(t, "sqlite", "lapse.db", lease, 30*time.Second)
+	key := c.apiKey("svc:batch", "request", "read")
+	s := c.start()
+	cl := client.New("http://"+s.addr, key)
+	const n = 20
+	// Long enough that all are reserved before the first deadline, even
+	// on a loaded machine.
+	ids := issue(t, cl, n, 8*time.Second)
+	for stop := time.Now().Add(time.Minute); reservedExpiries(t, s.addr) != n; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(stop) {
+			t.Fatalf("the server did not reserve the %d expiries:\n%s", n, s.log())
+		}
+	}
+	first, last := deadlines(t, cl, ids)
+	s.kill()
+	time.Sleep(time.Until(last) + time.Second)
+	if grants, revokes := c.journalCounts(); len(grants) != n || len(revokes) != 0 {
+		t.Fatalf("before restart: %d grants and %d revocations on the target, want %d and 0", len(grants), len(revokes), n)
+	}
+	s2 := c.start()
+	cl2 := client.New("http://"+s2.addr, key)
+	waitRevoked(t, cl2, ids, time.Until(first.Add(lease)), s2.log)
+	grants, revokes := c.journalCounts()
+	for _, id := range ids {
+		if grants[id] != 1 || revokes[id] != 1 {
+			t.Errorf("grant %s: created %d times, revoked %d times on the target", id, grants[id], revokes[id])
+		}
+	}
+	if !strings.Contains(s2.log(), "freed the leases an ended process left") {
+		t.Errorf("the restarted server did not say it freed the leases:\n%s", s2.log())
+	}
+}
+
+// reservedExpiries reads lapse_engine_reserved_expiries from a server.
+func reservedExpiries(t *testing.T, addr string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "lapse_engine_reserved_expiries "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			return int(f)
+		}
+	}
+	return 0
+}
+
+// deadlines returns the earliest and latest deadline of the grants.
+func deadlines(t *testing.T, cl *client.Client, ids []string) (first, last time.Time) {
+	t.Helper()
+	for i, id := range ids {
+		g, err := cl.GetGrant(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 || g.ExpiresAt.Before(first) {
+			first = g.ExpiresAt
+		}
+		if g.ExpiresAt.After(last) {
+			last = g.ExpiresAt
+		}
+	}
+	return first, last
 }
 
 // Two servers share one PostgreSQL store; one is killed in the middle of a

@@ -256,6 +256,41 @@ func (t *tx) claim(ctx context.Context, in lapse.ClaimInput, now, until any) ([]
 		args = append(args, in.Target)
 	}
 	args = append(args, in.Limit)
+	return t.claimed(ctx, q, args...)
+}
+
+// ClaimExpiring implements lapse.Store.
+func (s *Store) ClaimExpiring(ctx context.Context, in lapse.ClaimInput) ([]*lapse.Grant, error) {
+	now, _, err := checkClaim(in)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case in.Ahead <= 0:
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "ahead", "ahead must be positive")
+	case in.Target == "":
+		return nil, lapse.FieldErrorf(lapse.EINVALID, "target", "target is required")
+	}
+	var e enc
+	horizon := e.time("ahead", in.Now.Add(in.Ahead))
+	if e.err != nil {
+		return nil, e.err
+	}
+	var out []*lapse.Grant
+	err = s.Update(ctx, func(ltx lapse.Tx) error {
+		var err error
+		out, err = ltx.(*tx).claimed(ctx, qClaimExpiring, in.Owner, int64(in.Lease), int64(in.Lease), now, horizon, now, in.Target, in.Limit)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// claimed runs a claim statement and returns the grants it leased, with
+// their checkpoints, in deadline order.
+func (t *tx) claimed(ctx context.Context, q qid, args ...any) ([]*lapse.Grant, error) {
 	rows, err := t.query(ctx, q, args...)
 	if err != nil {
 		return nil, t.fail("claim grants", err)

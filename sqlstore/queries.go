@@ -27,6 +27,8 @@ const (
 	qClaimTarget
 	qClaimExpire
 	qClaimTargetExpire
+	qClaimExpiring
+	qFreeLeases
 	qNextDueAt
 	qDueCounts
 	qCountByState
@@ -127,9 +129,23 @@ var queryText = [numQueries]string{
 	qClaimTarget:       claimSet + claimWhere + "AND target = ? ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
 	qClaimExpire:       claimSet + claimExpire + claimWhere + "ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
 	qClaimTargetExpire: claimSet + claimExpire + claimWhere + "AND target = ? ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
-	qNextDueAt:         "SELECT MIN(due_at) FROM grants WHERE state <> 'revoked' AND due_at IS NOT NULL",
-	qDueCounts:         "SELECT target, COUNT(*) FROM grants WHERE state <> 'revoked' AND due_at <= ? GROUP BY target",
-	qCountByState:      "SELECT state, COUNT(*) FROM grants GROUP BY state",
+	// The reservation of an expiry: the lease runs from the deadline (the
+	// grant's due_at, here between the two bounds), so the grant stays out
+	// of every claim until its lease ends; its parameters are the owner,
+	// the lease twice, now, now + ahead, now, the target and the limit.
+	qClaimExpiring: "UPDATE grants SET lease_owner = ?, lease_until = expires_at + ?, due_at = expires_at + ?, " +
+		"fence = fence + 1, version = version + 1 WHERE id IN (SELECT id FROM grants WHERE state <> 'revoked' " +
+		"AND due_at > ? AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?) AND target = ? " +
+		"AND state = 'active' AND expires_at = due_at ORDER BY due_at, id LIMIT ?{SKIP LOCKED}) RETURNING " + grantCols,
+	// Frees every lease (EngineLocker): an active grant is due at its
+	// deadline, any other at once unless it was due sooner; its
+	// parameters are now twice.
+	qFreeLeases: "UPDATE grants SET lease_owner = '', lease_until = NULL, " +
+		"due_at = CASE WHEN state = 'active' THEN expires_at WHEN due_at > ? THEN ? ELSE due_at END, " +
+		"fence = fence + 1, version = version + 1 WHERE state <> 'revoked' AND lease_owner <> ''",
+	qNextDueAt:    "SELECT MIN(due_at) FROM grants WHERE state <> 'revoked' AND due_at IS NOT NULL",
+	qDueCounts:    "SELECT target, COUNT(*) FROM grants WHERE state <> 'revoked' AND due_at <= ? GROUP BY target",
+	qCountByState: "SELECT state, COUNT(*) FROM grants GROUP BY state",
 
 	// The event counter is read (and on PostgreSQL locked until commit) at
 	// a transaction's first event and written back when its events are.

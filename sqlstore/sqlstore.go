@@ -111,6 +111,9 @@ type Store struct {
 	// closed to stop it (ckptDone is closed when it has).
 	ckpt               *sql.DB
 	ckptStop, ckptDone chan struct{}
+
+	// file is the SQLite database file, for the engine lock (enginelock.go).
+	file string
 }
 
 var _ lapse.Store = (*Store)(nil)
@@ -188,6 +191,9 @@ func (s *Store) openSQLite(ctx context.Context, dsn string, opts Options) error 
 	}
 	if err := s.schema(ctx, opts); err != nil {
 		return err
+	}
+	if err := s.w.QueryRowContext(ctx, "SELECT file FROM pragma_database_list WHERE name = 'main'").Scan(&s.file); err != nil {
+		return s.classify("sqlite: database file", err)
 	}
 	// Readers open after the writer so that the database file exists and is
 	// already in WAL mode.

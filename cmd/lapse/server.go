@@ -291,6 +291,7 @@ func (s *Server) Open(ctx context.Context) (err error) {
 			RetryMax:     cfg.Engine.RetryMax,
 			OverdueRate:  cfg.Engine.OverdueRate,
 			OverdueGrace: cfg.Engine.OverdueGrace,
+			ClaimAhead:   cfg.Engine.ClaimAhead,
 		},
 		Registerer: reg,
 		AuditGate:  func(context.Context) error { return s.Audit.Healthy() },

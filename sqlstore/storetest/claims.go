@@ -17,6 +17,7 @@ var claimTests = []test{
 	{"Invalid", testClaimInvalid},
 	{"Expire", testClaimExpire},
 	{"InTransaction", testClaimInTransaction},
+	{"Expiring", testClaimExpiring},
 }
 
 func claim(t testing.TB, s lapse.Store, in lapse.ClaimInput) []*lapse.Grant {
@@ -232,4 +233,91 @@ func testClaimInTransaction(t *testing.T, s lapse.Store) {
 		_, err := tx.ClaimDueGrants(ctx, lapse.ClaimInput{Owner: "", Now: now, Lease: time.Minute, Limit: 1})
 		return err
 	}), lapse.EINVALID)
+}
+
+// ClaimExpiring reserves the expiry of active grants whose deadline falls
+// in (now, now+ahead] of one target, and of nothing else: the lease runs
+// from the deadline, and no other claim takes the grant until it ends.
+func testClaimExpiring(t *testing.T, s lapse.Store) {
+	ctx := context.Background()
+	now := t0
+	const lease = 30 * time.Second
+	soon := dueGrant(t0, now.Add(500*time.Millisecond), "x")
+	soon.Checkpoints = []*lapse.Checkpoint{{GrantID: soon.ID, Name: "target", Kind: lapse.CheckpointTarget, CreatedAt: t0}}
+	sooner := dueGrant(t0, now.Add(200*time.Millisecond), "x")
+	edge := dueGrant(t0, now.Add(time.Second), "x")
+	later := dueGrant(t0, now.Add(time.Second+1), "x")
+	due := dueGrant(t0, now, "x") // due now: the ordinary claim's
+	failed := dueGrant(t0, now.Add(100*time.Millisecond), "x")
+	failed.State = lapse.GrantRevokeFailed
+	other := dueGrant(t0, now.Add(100*time.Millisecond), "y")
+	leased := dueGrant(t0, now.Add(100*time.Millisecond), "x")
+	leased.LeaseOwner, leased.LeaseUntil, leased.Fence = "other", now.Add(time.Hour), 2
+	lapsed := dueGrant(t0, now.Add(300*time.Millisecond), "x")
+	lapsed.LeaseOwner, lapsed.LeaseUntil, lapsed.Fence = "other", now, 5
+	insertGrants(t, s, soon, sooner, edge, later, due, failed, other, leased, lapsed)
+
+	in := lapse.ClaimInput{Owner: "me", Now: now, Lease: lease, Limit: 10, Target: "x", Ahead: time.Second}
+	got, err := s.ClaimExpiring(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []*lapse.Grant{sooner, lapsed, soon, edge}
+	if ids, wantIDs := grantIDs(got), grantIDs(want); fmt.Sprint(ids) != fmt.Sprint(wantIDs) {
+		t.Fatalf("claimed %v, want %v in deadline order", ids, wantIDs)
+	}
+	for _, w := range want {
+		w.LeaseOwner = "me"
+		w.LeaseUntil = w.ExpiresAt.Add(lease)
+		w.DueAt = w.LeaseUntil
+		w.Fence++
+		w.Version++
+	}
+	for i := range want {
+		wantEqual(t, "reserved grant", got[i], want[i])
+	}
+	stored, err := s.GetGrant(ctx, soon.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEqual(t, "stored reserved grant", stored, soon)
+
+	// Nobody else takes a reserved grant, before or after its deadline,
+	// until its lease ends; then the ordinary claim does.
+	if again, err := s.ClaimExpiring(ctx, lapse.ClaimInput{Owner: "b", Now: now, Lease: lease, Limit: 10, Target: "x", Ahead: time.Hour}); err != nil {
+		t.Fatal(err)
+	} else if fmt.Sprint(grantIDs(again)) != fmt.Sprint(grantIDs([]*lapse.Grant{later})) {
+		t.Fatalf("second reservation took %v, want only %s", grantIDs(again), later.ID)
+	}
+	for _, g := range claim(t, s, lapse.ClaimInput{Owner: "b", Now: now.Add(lease), Lease: lease, Limit: 10, Expire: true}) {
+		if g.ID == soon.ID {
+			t.Fatalf("claimed %s while its reservation holds", soon.ID)
+		}
+	}
+	var took bool
+	for _, g := range claim(t, s, lapse.ClaimInput{Owner: "b", Now: soon.LeaseUntil, Lease: lease, Limit: 10, Expire: true}) {
+		if g.ID == soon.ID {
+			took = true
+			if g.State != lapse.GrantRevoking || g.EndReason != lapse.EndExpired || g.Fence != soon.Fence+1 {
+				t.Fatalf("claim after the reservation lapsed: state %s, reason %s, fence %d", g.State, g.EndReason, g.Fence)
+			}
+		}
+	}
+	if !took {
+		t.Fatalf("%s was not claimed when its reservation's lease ended", soon.ID)
+	}
+
+	for _, bad := range []struct {
+		field string
+		in    lapse.ClaimInput
+	}{
+		{"ahead", lapse.ClaimInput{Owner: "me", Now: now, Lease: lease, Limit: 1, Target: "x"}},
+		{"target", lapse.ClaimInput{Owner: "me", Now: now, Lease: lease, Limit: 1, Ahead: time.Second}},
+		{"owner", lapse.ClaimInput{Now: now, Lease: lease, Limit: 1, Target: "x", Ahead: time.Second}},
+	} {
+		_, err := s.ClaimExpiring(ctx, bad.in)
+		if lapse.ErrorCode(err) != lapse.EINVALID || lapse.ErrorField(err) != bad.field {
+			t.Errorf("ClaimExpiring without %s: %v, want EINVALID on %q", bad.field, err, bad.field)
+		}
+	}
 }
