@@ -620,3 +620,57 @@ func TestRevokeRacingItself(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyCountsEachResidue: Verify finds, each on its own, every kind of
+// catalog residue a role can leave — a membership in which it is the
+// member, one in which it is the role granted, one it granted to another
+// role, an object it owns — and its session. Nothing is revoked, so each is
+// there to be found, and the counts are exact. (Without the login probe,
+// which would succeed here and could be counted as a second session.)
+func TestVerifyCountsEachResidue(t *testing.T) {
+	f := newFixture(t)
+	ctx := bg(t)
+	c := f.open(t, func(cfg *postgres.Config) { cfg.NoLoginProbe = true })
+	id, g := grant(t, c, f.spec())
+	user := g.Info["user"]
+	other, extra := "ltx_"+f.id+"_other", "ltx_"+f.id+"_extra"
+	f.exec(t, ctx, "CREATE ROLE "+ident(other)+" NOLOGIN")
+	f.exec(t, ctx, "CREATE ROLE "+ident(extra)+" NOLOGIN")
+	f.exec(t, ctx, "GRANT "+ident(user)+" TO "+ident(other))                      // the role granted
+	f.exec(t, ctx, "GRANT "+ident(extra)+" TO "+ident(user)+" WITH ADMIN OPTION") // a member (the entitled group is another)
+	conn, err := f.admin.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"SET SESSION AUTHORIZATION " + ident(user), "GRANT " + ident(extra) + " TO " + ident(other), "RESET SESSION AUTHORIZATION"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			conn.Release()
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	conn.Release()
+	f.exec(t, ctx, "CREATE TABLE "+ident(f.schema)+".owned (x int)")
+	f.exec(t, ctx, "ALTER TABLE "+ident(f.schema)+".owned OWNER TO "+ident(user))
+	held, err := login(ctx, t, g, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close(ctx)
+
+	v := verify(t, c, id, f.spec(), g)
+	role := checkpoint(t, v, postgres.CheckpointRole)
+	// The group and extra hold the role as member, other holds it as the
+	// role granted, and it granted extra to other.
+	if got := fmt.Sprint(role.Evidence["memberships"]); got != "4" {
+		t.Errorf("memberships = %s, want 4", got)
+	}
+	if got := fmt.Sprint(role.Evidence["dependencies"]); got != "1" {
+		t.Errorf("dependencies = %s, want 1 (the owned table)", got)
+	}
+	if got := fmt.Sprint(checkpoint(t, v, postgres.CheckpointSessions).Evidence["sessions"]); got != "1" {
+		t.Errorf("sessions = %s, want 1", got)
+	}
+	if role.Gone {
+		t.Error("role checkpoint gone with its role in place")
+	}
+}

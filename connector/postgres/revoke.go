@@ -729,13 +729,21 @@ func concurrentCatalogChange(err error) bool {
 // victimsCTE defines the CTE "victims": the backends whose session user
 // is one of names or accounts, or whose role is gone and whose OID is one of
 // oids. The arguments are SQL array expressions (parameters or literals).
+//
+// It reads pg_stat_get_activity, which pg_stat_activity wraps, and looks
+// the few roles up by name and by OID through pg_roles' indexes: the view
+// would join every role in the cluster to name every backend, a scan of the
+// whole role catalog for each revocation batch.
 func victimsCTE(oids, names, accounts string) string {
 	return `
 WITH victims AS MATERIALIZED (
-  SELECT pid, coalesce(usename::text, '') AS usename, usesysid FROM pg_catalog.pg_stat_activity
-  WHERE (usename = ANY(` + names + `) OR usename = ANY(` + accounts + `)
-         OR (usesysid = ANY(` + oids + `) AND usename IS NULL))
-    AND pid <> pg_catalog.pg_backend_pid()
+  SELECT a.pid, coalesce(u.rolname::text, '') AS usename, a.usesysid
+  FROM pg_catalog.pg_stat_get_activity(NULL::integer) a
+  LEFT JOIN pg_catalog.pg_roles u ON u.oid = a.usesysid
+  WHERE (a.usesysid IN (SELECT r.oid FROM pg_catalog.pg_roles r
+                        WHERE r.rolname = ANY(` + names + `) OR r.rolname = ANY(` + accounts + `))
+         OR (a.usesysid = ANY(` + oids + `) AND u.oid IS NULL))
+    AND a.pid <> pg_catalog.pg_backend_pid()
 )
 `
 }

@@ -47,35 +47,58 @@ SELECT
 
 // verifyBatchSQL is verifySQL for many grants without elevated accounts
 // (ephemeral grants, or grants whose mode is unknown), one row per grant,
-// all from one snapshot and one scan of the activity view. $1: item index;
-// $2, $3: the login and elevation role names; $4: the OID State recorded, or
-// 0.
+// all from one snapshot. $1: item index; $2, $3: the login and elevation
+// role names; $4: the OID State recorded, or 0.
+//
+// It is written set-wise, so its cost grows with the batch and not with
+// the batch times the catalog: each role is found once (ids); memberships
+// in which it is the role or the member come from pg_auth_members' two
+// indexes, those it granted from one hash join (the grantor has no index);
+// sessions are matched by session user OID straight from
+// pg_stat_get_activity, without the activity view's join of every role.
+// A session counts when its session user's OID is one of the grant's
+// roles: the role found by name (a session of a role that exists has its
+// OID, so this is the same as matching the name) or, when no role has it
+// any more, the OID State recorded (the session of a dropped role).
 const verifyBatchSQL = `
 WITH g(i, login, elev, soid) AS (
   SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::oid[])
-), act AS MATERIALIZED (
-  SELECT usesysid, usename::text AS usename FROM pg_catalog.pg_stat_activity
-), gi AS (
-  SELECT g.i, g.login, g.elev, g.soid,
-    ARRAY(SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname IN (g.login, g.elev)
-          UNION
-          SELECT g.soid WHERE g.soid <> 0 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = g.soid)) AS ids
-  FROM g
+), named AS MATERIALIZED (
+  SELECT g.i, r.oid, r.rolname::text AS name, r.rolcanlogin
+  FROM g JOIN pg_catalog.pg_roles r ON r.rolname IN (g.login, g.elev)
+), ids AS MATERIALIZED (
+  SELECT i, oid FROM named
+  UNION
+  SELECT g.i, g.soid FROM g WHERE g.soid <> 0 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = g.soid)
+), mem AS (
+  SELECT i, count(*) AS n FROM (
+    SELECT ids.i, m.ctid FROM ids JOIN pg_catalog.pg_auth_members m ON m.roleid = ids.oid
+    UNION
+    SELECT ids.i, m.ctid FROM ids JOIN pg_catalog.pg_auth_members m ON m.member = ids.oid
+    UNION
+    SELECT ids.i, m.ctid FROM ids JOIN pg_catalog.pg_auth_members m ON m.grantor = ids.oid
+  ) x GROUP BY i
+), dep AS (
+  SELECT ids.i, count(*) AS n, array_agg(DISTINCT coalesce(d.datname::text, '(shared objects)')) AS dbs
+  FROM ids JOIN pg_catalog.pg_shdepend s
+    ON s.refclassid = 'pg_catalog.pg_authid'::regclass AND s.refobjid = ids.oid AND s.deptype <> 'p'
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+  GROUP BY ids.i
+), act AS (
+  SELECT ids.i, count(*) AS n
+  FROM ids JOIN pg_catalog.pg_stat_get_activity(NULL::integer) a ON a.usesysid = ids.oid
+  GROUP BY ids.i
 )
-SELECT gi.i,
-  coalesce((SELECT array_agg(r.rolname::text || CASE WHEN r.rolcanlogin THEN ' (LOGIN)' ELSE ' (NOLOGIN)' END ORDER BY 1)
-            FROM pg_catalog.pg_roles r WHERE r.rolname IN (gi.login, gi.elev)), '{}'),
-  (SELECT count(*) FROM pg_catalog.pg_auth_members m
-     WHERE m.roleid = ANY(gi.ids) OR m.member = ANY(gi.ids) OR m.grantor = ANY(gi.ids)),
-  (SELECT count(*) FROM pg_catalog.pg_shdepend s
-     WHERE s.refclassid = 'pg_catalog.pg_authid'::regclass AND s.refobjid = ANY(gi.ids) AND s.deptype <> 'p'),
-  coalesce((SELECT array_agg(DISTINCT coalesce(d.datname::text, '(shared objects)')) FROM pg_catalog.pg_shdepend s
-     LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
-     WHERE s.refclassid = 'pg_catalog.pg_authid'::regclass AND s.refobjid = ANY(gi.ids) AND s.deptype <> 'p'), '{}'),
-  (SELECT count(*) FROM act WHERE act.usename IN (gi.login, gi.elev) OR (act.usesysid = ANY(gi.ids) AND act.usename IS NULL)),
+SELECT g.i,
+  coalesce((SELECT array_agg(n.name || CASE WHEN n.rolcanlogin THEN ' (LOGIN)' ELSE ' (NOLOGIN)' END ORDER BY 1)
+            FROM named n WHERE n.i = g.i), '{}'),
+  coalesce(mem.n, 0),
+  coalesce(dep.n, 0),
+  coalesce(dep.dbs, '{}'),
+  coalesce(act.n, 0),
   coalesce((SELECT array_agg(r.rolname::text || ' (OID ' || r.oid || ')' ORDER BY 1) FROM pg_catalog.pg_roles r
-     WHERE gi.soid <> 0 AND r.oid = gi.soid AND r.rolname NOT IN (gi.login, gi.elev)), '{}')
-FROM gi
+     WHERE g.soid <> 0 AND r.oid = g.soid AND r.rolname NOT IN (g.login, g.elev)), '{}')
+FROM g LEFT JOIN mem ON mem.i = g.i LEFT JOIN dep ON dep.i = g.i LEFT JOIN act ON act.i = g.i
 `
 
 // verifyItem is one Verify's catalog check in a batch.
