@@ -137,6 +137,17 @@ func New(ctx context.Context, cfg Config, env connector.Env) (*Conn, error) {
 		return nil, lapse.FieldErrorf(lapse.EINVALID, "dsn", "not a valid PostgreSQL connection string")
 	}
 	pcfg.MaxConns = int32(cfg.MaxConns)
+	// The connector's prepared statements are catalog lookups whose
+	// parameters are arrays of a few names or OIDs. PostgreSQL plans such a
+	// statement anew at each execution while it estimates that a plan for
+	// the arrays at hand is cheaper than a generic one, and the planning
+	// then costs about as much as the execution (1.4 ms against 1.6 ms per
+	// Verify batch in a wave of 1,000 revocations). A generic plan serves
+	// every execution: the lookups use the same indexes whatever the arrays
+	// hold. A DSN that sets plan_cache_mode itself keeps its setting.
+	if _, set := pcfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
+		pcfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
+	}
 	c := &Conn{
 		cfg:        cfg,
 		clock:      env.Clock,
