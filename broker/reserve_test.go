@@ -21,6 +21,22 @@ func reserveStores() map[string]func(testing.TB) lapse.Store {
 	}
 }
 
+// withReservedGrants runs body on SQLite and on PostgreSQL with n active
+// grants whose expiries a running engine has reserved, the clock two
+// seconds before their deadline. stop stops the engine.
+func withReservedGrants(t *testing.T, n int, body func(t *testing.T, env *cfEnv, ids []string, stop func())) {
+	for name, open := range reserveStores() {
+		t.Run(name, func(t *testing.T) {
+			env := newCFEnv(t, open(t), 8)
+			ids := env.activeGrants(n)
+			env.clock.Set(env.deadline.Add(-2 * time.Second))
+			stop := env.runEngine()
+			eventually(t, "reserved", func() bool { return env.reservedBy("test-a", ids...) })
+			body(t, env, ids, stop)
+		})
+	}
+}
+
 // runEngine runs e's engine until the test ends, and returns a function
 // that stops it and waits for it to return.
 func (e *cfEnv) runEngine() (stop func()) {
@@ -62,120 +78,99 @@ func (e *cfEnv) reservedBy(owner string, ids ...string) bool {
 // at the deadline each is revoked once, with one revoke_started and one
 // revoked event in that order, and ends expired.
 func TestReservedExpiriesRevokeAtTheDeadline(t *testing.T) {
-	for name, open := range reserveStores() {
-		t.Run(name, func(t *testing.T) {
-			env := newCFEnv(t, open(t), 8)
-			ids := env.activeGrants(20)
-			env.clock.Set(env.deadline.Add(-2 * time.Second))
-			env.runEngine()
-			eventually(t, "reserved", func() bool { return env.reservedBy("test-a", ids...) })
-			never(t, "revoked before the deadline", func() bool { return env.conn.Calls(fake.Revoke) > 0 })
-			for _, id := range ids {
-				if g := env.grant(id); !g.LeaseUntil.Equal(env.deadline.Add(cfLease)) || !g.DueAt.Equal(g.LeaseUntil) {
-					t.Fatalf("reserved grant %s: lease until %v, due %v; want both %v", id, g.LeaseUntil, g.DueAt, env.deadline.Add(cfLease))
-				}
+	withReservedGrants(t, 20, func(t *testing.T, env *cfEnv, ids []string, stop func()) {
+		never(t, "revoked before the deadline", func() bool { return env.conn.Calls(fake.Revoke) > 0 })
+		for _, id := range ids {
+			if g := env.grant(id); !g.LeaseUntil.Equal(env.deadline.Add(cfLease)) || !g.DueAt.Equal(g.LeaseUntil) {
+				t.Fatalf("reserved grant %s: lease until %v, due %v; want both %v", id, g.LeaseUntil, g.DueAt, env.deadline.Add(cfLease))
 			}
+		}
 
-			env.clock.Set(env.deadline)
-			env.b.nudge()
-			eventually(t, "revoked", func() bool {
-				for _, id := range ids {
-					if env.state(id) != lapse.GrantRevoked {
-						return false
-					}
-				}
-				return true
-			})
+		env.clock.Set(env.deadline)
+		env.b.nudge()
+		eventually(t, "revoked", func() bool {
 			for _, id := range ids {
-				if n := env.conn.CallsFor(fake.Revoke, id); n != 1 || env.conn.Has(id) {
-					t.Errorf("grant %s: %d revokes on the target, still there: %v", id, n, env.conn.Has(id))
-				}
-				g := env.grant(id)
-				if g.EndReason != lapse.EndExpired || g.RevokedAt.Before(env.deadline) || g.LeaseOwner != "" {
-					t.Errorf("grant %s: end %s, revoked at %v, lease %q", id, g.EndReason, g.RevokedAt, g.LeaseOwner)
-				}
-				evs, err := env.store.ListEvents(context.Background(), lapse.EventFilter{GrantID: id})
-				if err != nil {
-					t.Fatal(err)
-				}
-				var types []string
-				for _, ev := range evs {
-					types = append(types, ev.Type)
-				}
-				if got := strings.Join(types, ","); got != lapse.EventGrantRevokeStarted+","+lapse.EventGrantRevoked {
-					t.Errorf("grant %s: events %s", id, got)
+				if env.state(id) != lapse.GrantRevoked {
+					return false
 				}
 			}
+			return true
 		})
-	}
+		for _, id := range ids {
+			if n := env.conn.CallsFor(fake.Revoke, id); n != 1 || env.conn.Has(id) {
+				t.Errorf("grant %s: %d revokes on the target, still there: %v", id, n, env.conn.Has(id))
+			}
+			g := env.grant(id)
+			if g.EndReason != lapse.EndExpired || g.RevokedAt.Before(env.deadline) || g.LeaseOwner != "" {
+				t.Errorf("grant %s: end %s, revoked at %v, lease %q", id, g.EndReason, g.RevokedAt, g.LeaseOwner)
+			}
+			evs, err := env.store.ListEvents(context.Background(), lapse.EventFilter{GrantID: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var types []string
+			for _, ev := range evs {
+				types = append(types, ev.Type)
+			}
+			if got := strings.Join(types, ","); got != lapse.EventGrantRevokeStarted+","+lapse.EventGrantRevoked {
+				t.Errorf("grant %s: events %s", id, got)
+			}
+		}
+	})
 }
 
 // A release before the deadline supersedes the reservation: the grant is
 // revoked at once, not at its deadline, once, and ends released. An
 // extension of a reserved grant is refused.
 func TestReleaseSupersedesAReservedExpiry(t *testing.T) {
-	for name, open := range reserveStores() {
-		t.Run(name, func(t *testing.T) {
-			env := newCFEnv(t, open(t), 8)
-			ids := env.activeGrants(3)
-			env.clock.Set(env.deadline.Add(-2 * time.Second))
-			env.runEngine()
-			eventually(t, "reserved", func() bool { return env.reservedBy("test-a", ids...) })
+	withReservedGrants(t, 3, func(t *testing.T, env *cfEnv, ids []string, stop func()) {
 
-			ctx := context.Background()
-			err := env.store.Update(ctx, func(tx lapse.Tx) error {
-				_, err := env.b.applyExtension(ctx, tx, env.b.catalog.Load(),
-					&lapse.Request{ID: lapse.NewID(lapse.PrefixRequest, env.clock.Now()), Extends: ids[0], Duration: lapse.Duration(time.Minute)}, env.clock.Now())
-				return err
-			})
-			if lapse.ErrorCode(err) != lapse.ECONFLICT || !strings.Contains(lapse.ErrorMessage(err), "already scheduled") {
-				t.Fatalf("extension of a reserved grant: %v, want ECONFLICT (already scheduled)", err)
-			}
-
-			alice := &lapse.Principal{ID: "alice", Kind: lapse.KindHuman, Scopes: []string{lapse.ScopeRequest, lapse.ScopeRead}}
-			if _, err := env.b.Release(lapse.NewContext(ctx, alice), ids[1], lapse.ReleaseInput{}); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, "released grant revoked before the deadline", func() bool { return env.state(ids[1]) == lapse.GrantRevoked })
-			if g := env.grant(ids[1]); g.EndReason != lapse.EndReleased || !g.RevokedAt.Before(env.deadline) {
-				t.Fatalf("released grant: end %s at %v", g.EndReason, g.RevokedAt)
-			}
-
-			env.clock.Set(env.deadline)
-			env.b.nudge()
-			eventually(t, "the others revoked", func() bool {
-				return env.state(ids[0]) == lapse.GrantRevoked && env.state(ids[2]) == lapse.GrantRevoked
-			})
-			for _, id := range ids {
-				if n := env.conn.CallsFor(fake.Revoke, id); n != 1 {
-					t.Errorf("grant %s: %d revokes on the target, want 1", id, n)
-				}
-			}
+		ctx := context.Background()
+		err := env.store.Update(ctx, func(tx lapse.Tx) error {
+			_, err := env.b.applyExtension(ctx, tx, env.b.catalog.Load(),
+				&lapse.Request{ID: lapse.NewID(lapse.PrefixRequest, env.clock.Now()), Extends: ids[0], Duration: lapse.Duration(time.Minute)}, env.clock.Now())
+			return err
 		})
-	}
+		if lapse.ErrorCode(err) != lapse.ECONFLICT || !strings.Contains(lapse.ErrorMessage(err), "already scheduled") {
+			t.Fatalf("extension of a reserved grant: %v, want ECONFLICT (already scheduled)", err)
+		}
+
+		alice := &lapse.Principal{ID: "alice", Kind: lapse.KindHuman, Scopes: []string{lapse.ScopeRequest, lapse.ScopeRead}}
+		if _, err := env.b.Release(lapse.NewContext(ctx, alice), ids[1], lapse.ReleaseInput{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "released grant revoked before the deadline", func() bool { return env.state(ids[1]) == lapse.GrantRevoked })
+		if g := env.grant(ids[1]); g.EndReason != lapse.EndReleased || !g.RevokedAt.Before(env.deadline) {
+			t.Fatalf("released grant: end %s at %v", g.EndReason, g.RevokedAt)
+		}
+
+		env.clock.Set(env.deadline)
+		env.b.nudge()
+		eventually(t, "the others revoked", func() bool {
+			return env.state(ids[0]) == lapse.GrantRevoked && env.state(ids[2]) == lapse.GrantRevoked
+		})
+		for _, id := range ids {
+			if n := env.conn.CallsFor(fake.Revoke, id); n != 1 {
+				t.Errorf("grant %s: %d revokes on the target, want 1", id, n)
+			}
+		}
+	})
 }
 
 // A graceful stop frees the reservations that have not fired: the grants
 // are active, unleased and due at their deadline again, so whoever runs
 // next acts on time.
 func TestStopFreesReservedExpiries(t *testing.T) {
-	for name, open := range reserveStores() {
-		t.Run(name, func(t *testing.T) {
-			env := newCFEnv(t, open(t), 8)
-			ids := env.activeGrants(5)
-			env.clock.Set(env.deadline.Add(-2 * time.Second))
-			stop := env.runEngine()
-			eventually(t, "reserved", func() bool { return env.reservedBy("test-a", ids...) })
-			stop()
-			for _, id := range ids {
-				g := env.grant(id)
-				if g.State != lapse.GrantActive || g.LeaseOwner != "" || !g.LeaseUntil.IsZero() || !g.DueAt.Equal(env.deadline) {
-					t.Errorf("grant %s after stop: %s, lease %q until %v, due %v", id, g.State, g.LeaseOwner, g.LeaseUntil, g.DueAt)
-				}
+	withReservedGrants(t, 5, func(t *testing.T, env *cfEnv, ids []string, stop func()) {
+		stop()
+		for _, id := range ids {
+			g := env.grant(id)
+			if g.State != lapse.GrantActive || g.LeaseOwner != "" || !g.LeaseUntil.IsZero() || !g.DueAt.Equal(env.deadline) {
+				t.Errorf("grant %s after stop: %s, lease %q until %v, due %v", id, g.State, g.LeaseOwner, g.LeaseUntil, g.DueAt)
 			}
-			if n := env.conn.Calls(fake.Revoke); n != 0 {
-				t.Fatalf("%d revokes before the deadline", n)
-			}
-		})
-	}
+		}
+		if n := env.conn.Calls(fake.Revoke); n != 0 {
+			t.Fatalf("%d revokes before the deadline", n)
+		}
+	})
 }
