@@ -87,12 +87,12 @@ func (r *reservations) count(t *target) int {
 	return len(r.byTgt[t])
 }
 
-// due removes and returns, per target, the reservations whose deadline is
-// at or before now and that were not dropped.
-func (r *reservations) due(now time.Time) map[*target][]*lapse.Grant {
+// due removes the reservations whose deadline is at or before now and
+// returns, per target, those that were not dropped, and how many it removed
+// in all (dropped ones included).
+func (r *reservations) due(now time.Time) (out map[*target][]*lapse.Grant, removed int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out map[*target][]*lapse.Grant
 	for t, list := range r.byTgt {
 		i := 0
 		for i < len(list) && !list[i].ExpiresAt.After(now) {
@@ -105,10 +105,11 @@ func (r *reservations) due(now time.Time) map[*target][]*lapse.Grant {
 			}
 			i++
 		}
+		removed += i
 		clear(list[:i])
 		r.byTgt[t] = list[i:]
 	}
-	return out
+	return out, removed
 }
 
 // next is the earliest deadline reserved, or ok=false when none is.
@@ -160,7 +161,7 @@ func (e *engine) reserve(ctx context.Context, now time.Time) (n int, more bool, 
 	e.lastReserve = now
 	defer func() { e.reserveMore = more }()
 	for _, t := range b.targetList {
-		limit := min(maxReservedBatches*b.cfg.BatchSize-e.reserved.count(t), b.cfg.BatchSize)
+		limit := min(e.reserveLimit(t)-e.reserved.count(t), b.cfg.BatchSize)
 		if limit <= 0 {
 			continue
 		}
@@ -186,13 +187,28 @@ func (e *engine) reservePause() time.Duration {
 	return min(e.b.cfg.ClaimAhead/8, e.b.cfg.PollInterval)
 }
 
+// reserveLimit is how many grants of t may be reserved at once: as many
+// as t gets through in half a lease at its observed speed (all of them
+// start at their deadline, and a step that has not started when its lease
+// nears its end is left to the next claim), at least its concurrency, at
+// most maxReservedBatches batches. A wave larger than that is claimed at
+// its deadline, paced by the target's capacity, as before reservations.
+func (e *engine) reserveLimit(t *target) int {
+	per := time.Duration(t.callNanos.Load())
+	if per <= 0 {
+		per = time.Millisecond
+	}
+	n := int(int64(cap(t.sem)) * int64(e.b.cfg.Lease/2) / int64(per))
+	return min(max(n, cap(t.sem)), maxReservedBatches*e.b.cfg.BatchSize)
+}
+
 // reserveRoom reports whether some target may reserve more.
 func (e *engine) reserveRoom() bool {
 	if e.b.cfg.ClaimAhead <= 0 {
 		return false
 	}
 	for _, t := range e.b.targetList {
-		if e.reserved.count(t) < maxReservedBatches*e.b.cfg.BatchSize {
+		if e.reserved.count(t) < e.reserveLimit(t) {
 			return true
 		}
 	}
@@ -203,14 +219,15 @@ func (e *engine) reserveRoom() bool {
 // deadline has come. It reports how many.
 func (e *engine) fireReserved(now time.Time) int {
 	n := 0
-	for t, gs := range e.reserved.due(now) {
+	due, removed := e.reserved.due(now)
+	for t, gs := range due {
 		for _, g := range gs {
 			e.dispatch(t, g, actExpire, g.Fence, overdueSince(g).Before(now.Add(-e.b.cfg.OverdueGrace)))
 		}
 		n += len(gs)
 	}
-	if n > 0 {
-		e.b.metrics.reservedGrants.Sub(float64(n))
+	if removed > 0 {
+		e.b.metrics.reservedGrants.Sub(float64(removed))
 	}
 	return n
 }

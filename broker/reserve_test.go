@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/connector/fake"
 	"github.com/lapsehq/lapse/sqlstore/sqltest"
@@ -19,6 +22,16 @@ func reserveStores() map[string]func(testing.TB) lapse.Store {
 		"sqlite":   func(tb testing.TB) lapse.Store { return sqltest.OpenSQLite(tb) },
 		"postgres": func(tb testing.TB) lapse.Store { return sqltest.OpenPostgres(tb) },
 	}
+}
+
+// gaugeValue reads a gauge.
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
 }
 
 // withReservedGrants runs body on SQLite and on PostgreSQL with n active
@@ -80,6 +93,9 @@ func (e *cfEnv) reservedBy(owner string, ids ...string) bool {
 func TestReservedExpiriesRevokeAtTheDeadline(t *testing.T) {
 	withReservedGrants(t, 20, func(t *testing.T, env *cfEnv, ids []string, stop func()) {
 		never(t, "revoked before the deadline", func() bool { return env.conn.Calls(fake.Revoke) > 0 })
+		if got := gaugeValue(t, env.b.metrics.reservedGrants); got != float64(len(ids)) {
+			t.Errorf("lapse_engine_reserved_expiries = %v, want %d", got, len(ids))
+		}
 		for _, id := range ids {
 			if g := env.grant(id); !g.LeaseUntil.Equal(env.deadline.Add(cfLease)) || !g.DueAt.Equal(g.LeaseUntil) {
 				t.Fatalf("reserved grant %s: lease until %v, due %v; want both %v", id, g.LeaseUntil, g.DueAt, env.deadline.Add(cfLease))
@@ -153,6 +169,10 @@ func TestReleaseSupersedesAReservedExpiry(t *testing.T) {
 			if n := env.conn.CallsFor(fake.Revoke, id); n != 1 {
 				t.Errorf("grant %s: %d revokes on the target, want 1", id, n)
 			}
+		}
+		// The superseded reservation is gone from the gauge too.
+		if got := gaugeValue(t, env.b.metrics.reservedGrants); got != 0 {
+			t.Errorf("lapse_engine_reserved_expiries = %v after the deadline, want 0", got)
 		}
 	})
 }
