@@ -111,9 +111,11 @@ type SerialWriter interface {
 // has ended, and LockEngine frees them all: their grants are due again at
 // once — an active grant whose expiry was reserved, at its deadline — and
 // their fence and version move, so nothing written under an old lease can
-// land. It returns how many it freed. On a store whose engines run side by
-// side (PostgreSQL replicas) it returns a nil unlock and does nothing: there
-// a lease is taken over only when it ends.
+// land. It returns how many it freed. When unlock is not nil the lock is
+// held, even if err says that freeing the leases failed. On a store whose
+// engines run side by side (PostgreSQL replicas) it returns a nil unlock
+// and no error, and does nothing: there a lease is taken over only when it
+// ends.
 type EngineLocker interface {
 	LockEngine(ctx context.Context, now time.Time) (freed int, unlock func(), err error)
 }

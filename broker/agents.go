@@ -575,6 +575,9 @@ func (b *Broker) RevokeMandate(ctx context.Context, id string) (*lapse.Mandate, 
 	if err != nil {
 		return nil, storeErr("revoke mandate", err)
 	}
+	for _, id := range ended {
+		b.engine.unreserve(id) // the end supersedes a reservation here (reserve.go)
+	}
 	if len(ended) > 0 {
 		b.nudge()
 	}

@@ -234,6 +234,9 @@ func (b *Broker) claimOne(ctx context.Context, id string, attempts int) (*lapse.
 	if err != nil {
 		return nil, false, storeErr("claim canary grant", err)
 	}
+	if claimed {
+		b.engine.unreserve(id) // this claim supersedes a reservation here (reserve.go)
+	}
 	return out, claimed, nil
 }
 

@@ -121,6 +121,9 @@ type engine struct {
 	reserved    reservations
 	lastReserve time.Time
 	reserveMore bool
+	// noReserve: this run could not take the store's engine lock, so
+	// another engine might free its leases; it reserves nothing.
+	noReserve atomic.Bool
 }
 
 // Bounds on how long the committer holds results (commitLoop).
@@ -197,19 +200,9 @@ func (e *engine) stop() {
 // graceful shutdown leaves nothing half done.
 func (b *Broker) Run(ctx context.Context) error {
 	e := b.engine
-	if l, ok := b.store.(lapse.EngineLocker); ok {
-		freed, unlock, err := l.LockEngine(ctx, b.clock.Now())
-		switch {
-		case err != nil:
-			// Without the lock nothing is taken over: leases end as usual.
-			b.log.Warn("engine lock not taken; leases left by an ended process are freed when they end", "err", err)
-		case unlock != nil:
-			defer unlock() // after everything below is written
-			if freed > 0 {
-				b.log.Info("no other engine runs on this store: freed the leases an ended process left", "grants", freed)
-			}
-		}
-	}
+	unlock, locked := b.holdLeases(ctx)
+	defer unlock() // after everything below is written
+	e.noReserve.Store(!locked)
 	e.start()
 	b.running.Store(true)
 	defer func() {
@@ -443,7 +436,7 @@ func (e *engine) claim(ctx context.Context, t *target, now time.Time, limit int)
 	}
 	for _, id := range claimedIDs {
 		// An ordinary claim supersedes a reservation of the same grant.
-		e.reserved.drop(id)
+		e.unreserve(id)
 	}
 	if claimed > 0 && e.serial {
 		// Before the dispatch, so the committer holds these grants'

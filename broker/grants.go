@@ -160,6 +160,12 @@ func (b *Broker) end(ctx context.Context, p *lapse.Principal, id string, reason 
 	if err != nil {
 		return nil, storeErr("end grant", err)
 	}
+	if out.State != lapse.GrantActive {
+		// Ending, by this call or before it: a reservation of its expiry
+		// that this process holds no longer stands (reserve.go). An active
+		// grant here is one whose reserved expiry is under way.
+		b.engine.unreserve(out.ID)
+	}
 	b.nudge()
 	if !wait || out.State == lapse.GrantRevoked {
 		return out, nil

@@ -71,12 +71,17 @@ func (r *reservations) add(t *target, gs []*lapse.Grant) {
 	}
 }
 
-// drop forgets a reservation: an ordinary claim took the grant, so the
-// reservation no longer stands (its fence is older than the claim's).
-func (r *reservations) drop(id string) {
+// drop forgets a reservation: the grant was claimed or its end was asked
+// for, so the reservation no longer stands. It reports whether there was
+// one.
+func (r *reservations) drop(id string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.live[id] {
+		return false
+	}
 	delete(r.live, id)
+	return true
 }
 
 // count is how many grants t has reserved, dropped ones included until
@@ -88,9 +93,8 @@ func (r *reservations) count(t *target) int {
 }
 
 // due removes the reservations whose deadline is at or before now and
-// returns, per target, those that were not dropped, and how many it removed
-// in all (dropped ones included).
-func (r *reservations) due(now time.Time) (out map[*target][]*lapse.Grant, removed int) {
+// returns, per target, those that were not dropped.
+func (r *reservations) due(now time.Time) (out map[*target][]*lapse.Grant) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for t, list := range r.byTgt {
@@ -105,11 +109,10 @@ func (r *reservations) due(now time.Time) (out map[*target][]*lapse.Grant, remov
 			}
 			i++
 		}
-		removed += i
 		clear(list[:i])
 		r.byTgt[t] = list[i:]
 	}
-	return out, removed
+	return out
 }
 
 // next is the earliest deadline reserved, or ok=false when none is.
@@ -152,7 +155,7 @@ func (r *reservations) takeAll() []*lapse.Grant {
 // shorter than the pause.
 func (e *engine) reserve(ctx context.Context, now time.Time) (n int, more bool, err error) {
 	b := e.b
-	if b.cfg.ClaimAhead <= 0 {
+	if b.cfg.ClaimAhead <= 0 || e.noReserve.Load() {
 		return 0, false, nil
 	}
 	if !e.reserveMore && !e.lastReserve.IsZero() && now.After(e.lastReserve) && now.Sub(e.lastReserve) < e.reservePause() {
@@ -172,13 +175,19 @@ func (e *engine) reserve(ctx context.Context, now time.Time) (n int, more bool, 
 			return n, more, err
 		}
 		e.reserved.add(t, gs)
+		b.metrics.reservedGrants.Add(float64(len(gs)))
 		n += len(gs)
 		more = more || len(gs) == limit
 	}
-	if n > 0 {
-		b.metrics.reservedGrants.Add(float64(n))
-	}
 	return n, more, nil
+}
+
+// unreserve drops the reservation of a grant, if this process holds one:
+// the grant was claimed, or its end was asked for here.
+func (e *engine) unreserve(id string) {
+	if e.reserved.drop(id) {
+		e.b.metrics.reservedGrants.Dec()
+	}
 }
 
 // reservePause is the least time between two reservations that found
@@ -188,23 +197,24 @@ func (e *engine) reservePause() time.Duration {
 }
 
 // reserveLimit is how many grants of t may be reserved at once: as many
-// as t gets through in half a lease at its observed speed (all of them
-// start at their deadline, and a step that has not started when its lease
-// nears its end is left to the next claim), at least its concurrency, at
-// most maxReservedBatches batches. A wave larger than that is claimed at
-// its deadline, paced by the target's capacity, as before reservations.
+// expiries as t gets through in half a lease at its observed speed — each
+// is two connector calls, Revoke and Verify; all of them start at their
+// deadline, and a step that has not started when its lease nears its end
+// is left to the next claim — at least its concurrency, at most
+// maxReservedBatches batches. A wave larger than that is claimed at its
+// deadline, paced by the target's capacity, as before reservations.
 func (e *engine) reserveLimit(t *target) int {
 	per := time.Duration(t.callNanos.Load())
 	if per <= 0 {
 		per = time.Millisecond
 	}
-	n := int(int64(cap(t.sem)) * int64(e.b.cfg.Lease/2) / int64(per))
+	n := int(int64(cap(t.sem)) * int64(e.b.cfg.Lease/2) / int64(2*per))
 	return min(max(n, cap(t.sem)), maxReservedBatches*e.b.cfg.BatchSize)
 }
 
 // reserveRoom reports whether some target may reserve more.
 func (e *engine) reserveRoom() bool {
-	if e.b.cfg.ClaimAhead <= 0 {
+	if e.b.cfg.ClaimAhead <= 0 || e.noReserve.Load() {
 		return false
 	}
 	for _, t := range e.b.targetList {
@@ -219,15 +229,14 @@ func (e *engine) reserveRoom() bool {
 // deadline has come. It reports how many.
 func (e *engine) fireReserved(now time.Time) int {
 	n := 0
-	due, removed := e.reserved.due(now)
-	for t, gs := range due {
+	for t, gs := range e.reserved.due(now) {
 		for _, g := range gs {
 			e.dispatch(t, g, actExpire, g.Fence, overdueSince(g).Before(now.Add(-e.b.cfg.OverdueGrace)))
 		}
 		n += len(gs)
 	}
-	if removed > 0 {
-		e.b.metrics.reservedGrants.Sub(float64(removed))
+	if n > 0 {
+		e.b.metrics.reservedGrants.Sub(float64(n))
 	}
 	return n
 }
@@ -295,4 +304,39 @@ func supersedeReservation(g *lapse.Grant, now time.Time) (underWay bool) {
 // reservedExpiry reports whether g's expiry is reserved by a live lease.
 func reservedExpiry(g *lapse.Grant, now time.Time) bool {
 	return g.State == lapse.GrantActive && g.LeaseOwner != "" && now.Before(g.LeaseUntil)
+}
+
+// holdLeases takes the store's engine lock (lapse.EngineLocker) for as
+// long as this process may hold leases, and returns the function that
+// releases it. It reports false when the store has such a lock and it
+// could not be taken: another process starting then could free this one's
+// leases as a dead process's, so such a process must not reserve
+// expiries. On a store without the lock (PostgreSQL) it reports true.
+func (b *Broker) holdLeases(ctx context.Context) (unlock func(), locked bool) {
+	l, ok := b.store.(lapse.EngineLocker)
+	if !ok {
+		return func() {}, true
+	}
+	freed, unlock, err := l.LockEngine(ctx, b.clock.Now())
+	switch {
+	case unlock == nil && err != nil:
+		b.log.Warn("engine lock not taken: expiries are claimed at their deadline, not reserved ahead", "err", err)
+		return func() {}, false
+	case unlock == nil:
+		return func() {}, true
+	case err != nil:
+		b.log.Warn("engine lock taken, but the leases an ended process left could not be freed; they are claimed when they end", "err", err)
+	case freed > 0:
+		b.log.Info("no other engine runs on this store: freed the leases an ended process left", "grants", freed)
+	}
+	return unlock, true
+}
+
+// HoldLeases takes the store's engine lock for a process that holds
+// leases without running the engine (lapse zsp test): while it is held, no
+// engine that starts frees those leases as a dead process's. Call the
+// returned function when done. Run takes the lock itself.
+func (b *Broker) HoldLeases(ctx context.Context) (release func()) {
+	release, _ = b.holdLeases(ctx)
+	return release
 }

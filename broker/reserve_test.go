@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -155,6 +156,9 @@ func TestReleaseSupersedesAReservedExpiry(t *testing.T) {
 		if _, err := env.b.Release(lapse.NewContext(ctx, alice), ids[1], lapse.ReleaseInput{}); err != nil {
 			t.Fatal(err)
 		}
+		if got := gaugeValue(t, env.b.metrics.reservedGrants); got != 2 {
+			t.Errorf("lapse_engine_reserved_expiries = %v after a release, want 2", got)
+		}
 		eventually(t, "released grant revoked before the deadline", func() bool { return env.state(ids[1]) == lapse.GrantRevoked })
 		if g := env.grant(ids[1]); g.EndReason != lapse.EndReleased || !g.RevokedAt.Before(env.deadline) {
 			t.Fatalf("released grant: end %s at %v", g.EndReason, g.RevokedAt)
@@ -192,5 +196,40 @@ func TestStopFreesReservedExpiries(t *testing.T) {
 		if n := env.conn.Calls(fake.Revoke); n != 0 {
 			t.Fatalf("%d revokes before the deadline", n)
 		}
+	})
+}
+
+// lockFailStore is a store whose engine lock cannot be taken.
+type lockFailStore struct{ lapse.Store }
+
+func (lockFailStore) LockEngine(context.Context, time.Time) (int, func(), error) {
+	return 0, nil, errors.New("no lock today")
+}
+
+// An engine that cannot take the store's engine lock reserves nothing
+// (another engine could free its leases as a dead process's) and still
+// revokes every grant at its deadline, by the ordinary claim.
+func TestNoReservationsWithoutTheEngineLock(t *testing.T) {
+	env := newCFEnv(t, lockFailStore{sqltest.OpenSQLite(t)}, 8)
+	ids := env.activeGrants(4)
+	env.clock.Set(env.deadline.Add(-2 * time.Second))
+	env.runEngine()
+	never(t, "reserved without the engine lock", func() bool {
+		for _, id := range ids {
+			if env.grant(id).LeaseOwner != "" {
+				return true
+			}
+		}
+		return false
+	})
+	env.clock.Set(env.deadline)
+	env.b.nudge()
+	eventually(t, "revoked at the deadline", func() bool {
+		for _, id := range ids {
+			if env.state(id) != lapse.GrantRevoked {
+				return false
+			}
+		}
+		return true
 	})
 }

@@ -40,6 +40,7 @@ func (s *Store) LockEngine(ctx context.Context, now time.Time) (int, func(), err
 		f.Close()
 	}
 	freed := 0
+	var freeErr error
 	switch err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); {
 	case err == nil:
 		var e enc
@@ -48,7 +49,7 @@ func (s *Store) LockEngine(ctx context.Context, now time.Time) (int, func(), err
 			unlock()
 			return 0, nil, e.err
 		}
-		err := s.Update(ctx, func(ltx lapse.Tx) error {
+		freeErr = s.Update(ctx, func(ltx lapse.Tx) error {
 			res, err := ltx.(*tx).exec(ctx, qFreeLeases, t, t)
 			if err != nil {
 				return ltx.(*tx).fail("free leases", err)
@@ -57,9 +58,11 @@ func (s *Store) LockEngine(ctx context.Context, now time.Time) (int, func(), err
 			freed = int(n)
 			return err
 		})
-		if err != nil {
-			unlock()
-			return 0, nil, err
+		if freeErr != nil {
+			// Nothing was freed; the leases end as usual. The engine
+			// still holds the lock below, so that no later engine takes
+			// this one's leases for a dead process's.
+			freed = 0
 		}
 	case !errors.Is(err, syscall.EWOULDBLOCK):
 		f.Close()
@@ -71,5 +74,5 @@ func (s *Store) LockEngine(ctx context.Context, now time.Time) (int, func(), err
 		unlock()
 		return 0, nil, lapse.Internal("sqlite: take the engine lock", err)
 	}
-	return freed, unlock, nil
+	return freed, unlock, freeErr
 }

@@ -105,6 +105,45 @@ func TestEngineLockFreesLeasesOfEndedEngines(t *testing.T) {
 	}
 }
 
+// When freeing the leases fails, the engine still holds the lock: no
+// engine that starts after it takes its leases for a dead process's.
+func TestEngineLockHeldWhenFreeingFails(t *testing.T) {
+	path := sqltest.SQLitePath(t)
+	open := func() *sqlstore.Store {
+		s, err := sqlstore.Open(context.Background(), sqlstore.DriverSQLite, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	freed, unlock, err := open().LockEngine(cancelled, time.Now())
+	if err == nil || unlock == nil || freed != 0 {
+		t.Fatalf("LockEngine with a cancelled context: freed %d, unlock %v, err %v; want the lock held and the error", freed, unlock != nil, err)
+	}
+	defer unlock()
+	s := open()
+	g := &lapse.Grant{
+		ID: lapse.NewID(lapse.PrefixGrant, time.Now()), RequestID: lapse.NewID(lapse.PrefixRequest, time.Now()),
+		Principal: lapse.Principal{ID: "svc", Kind: lapse.KindService}, Entitlement: "x/use", Target: "x",
+		State: lapse.GrantRevoking, StartsAt: time.Now(), ExpiresAt: time.Now(), DueAt: time.Now().Add(time.Minute),
+		LeaseOwner: "running", LeaseUntil: time.Now().Add(time.Minute), CreatedAt: time.Now(),
+	}
+	if err := s.Update(context.Background(), func(tx lapse.Tx) error { return tx.InsertGrant(context.Background(), g) }); err != nil {
+		t.Fatal(err)
+	}
+	freed2, unlock2, err := s.LockEngine(context.Background(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock2()
+	if got, _ := s.GetGrant(context.Background(), g.ID); freed2 != 0 || got.LeaseOwner != "running" {
+		t.Fatalf("an engine beside one whose takeover failed freed %d leases; lease now %q", freed2, got.LeaseOwner)
+	}
+}
+
 // On PostgreSQL replicas run side by side: nothing is locked or freed.
 func TestEngineLockIsNothingOnPostgres(t *testing.T) {
 	s := sqltest.OpenPostgres(t)

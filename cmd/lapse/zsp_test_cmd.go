@@ -159,6 +159,8 @@ type testEnv struct {
 	connectors map[string]connector.Connector
 	opened     []string
 	logger     *slog.Logger
+	// releaseLeases ends the broker's hold on the store's engine lock.
+	releaseLeases func()
 }
 
 // openTestEnv opens the store and every target of cfg, and a broker over
@@ -212,6 +214,9 @@ func openTestEnv(ctx context.Context, cfg *config.Config, clock lapse.Clock, log
 	if err != nil {
 		return nil, err
 	}
+	// The canary holds leases without an engine: a server that starts
+	// meanwhile must not free them as a dead process's.
+	e.releaseLeases = e.broker.HoldLeases(ctx)
 	return e, nil
 }
 
@@ -232,8 +237,12 @@ func newSessionTester(cfg *config.Config, b *broker.Broker, conns map[string]con
 	}
 }
 
-// Close closes the targets in reverse order, then the store.
+// Close releases the engine lock, closes the targets in reverse order, then
+// the store.
 func (e *testEnv) Close() {
+	if e.releaseLeases != nil {
+		e.releaseLeases()
+	}
 	for _, name := range slices.Backward(e.opened) {
 		if c, ok := e.connectors[name].(connector.Closer); ok {
 			_ = c.Close()
