@@ -86,6 +86,11 @@ func (b *Broker) ClaimCredentials(ctx context.Context, id string) (*lapse.Creden
 		if g.State != lapse.GrantActive {
 			return lapse.Errorf(lapse.ECONFLICT, "grant is %s, not active", g.State)
 		}
+		if !b.clock.Now().Before(g.ExpiresAt) {
+			// Its revocation is due or under way (a reserved expiry stays
+			// active in the store until its result is written).
+			return lapse.Errorf(lapse.ECONFLICT, "grant reached its deadline at %s", g.ExpiresAt.Format(time.RFC3339))
+		}
 		secret, err := b.sealer.open(g.ID, purposeCredentials, g.SealedCredentials)
 		if err != nil {
 			return lapse.Internal("open sealed credentials", err)

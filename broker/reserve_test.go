@@ -233,3 +233,35 @@ func TestNoReservationsWithoutTheEngineLock(t *testing.T) {
 		return true
 	})
 }
+
+// Credentials are not handed out once the grant's deadline has come, even
+// while the store still shows it active (a reserved expiry is written with
+// its result).
+func TestNoCredentialsAfterTheDeadline(t *testing.T) {
+	env := newCFEnv(t, sqltest.OpenSQLite(t), 8)
+	id := env.activeGrants(1)[0]
+	ctx := context.Background()
+	sealed, err := env.b.sealer.seal(id, purposeCredentials, map[string]string{"password": "not-shown-late"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.store.Update(ctx, func(tx lapse.Tx) error {
+		g, err := tx.GetGrant(ctx, id)
+		if err != nil {
+			return err
+		}
+		g.CredentialsClaimed, g.SealedCredentials = false, sealed
+		return tx.UpdateGrant(ctx, g)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	alice := lapse.NewContext(ctx, &lapse.Principal{ID: "alice", Kind: lapse.KindHuman, Scopes: []string{lapse.ScopeRequest}})
+	env.clock.Set(env.deadline)
+	if _, err := env.b.ClaimCredentials(alice, id); lapse.ErrorCode(err) != lapse.ECONFLICT {
+		t.Fatalf("credentials at the deadline: %v, want ECONFLICT", err)
+	}
+	env.clock.Set(env.deadline.Add(-time.Second))
+	if creds, err := env.b.ClaimCredentials(alice, id); err != nil || creds.Secret["password"] != "not-shown-late" {
+		t.Fatalf("credentials before the deadline: %v, %v", creds, err)
+	}
+}
