@@ -135,6 +135,9 @@ const (
 	// when no result arrives. The hold limit is measured on the engine's
 	// clock, which need not be the wall clock (tests move a fake one).
 	holdRecheck = 10 * time.Millisecond
+	// dueRecheck is how soon the engine looks again when a grant is due
+	// that it could not claim (nextWait).
+	dueRecheck = 25 * time.Millisecond
 )
 
 // result is the outcome of one connector step on one claimed grant, to be
@@ -220,17 +223,20 @@ func (b *Broker) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-b.wake:
 		}
-		e.fireReserved(b.clock.Now())
+		cycleAt := b.clock.Now()
+		e.fireReserved(cycleAt)
 		claimed, err := e.cycle(ctx)
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("engine cycle failed; retrying", "err", err)
 		}
+		e.fireReserved(b.clock.Now()) // a deadline may have come during the cycle
 		reserved, more, err := e.reserve(ctx, b.clock.Now())
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("reserving expiries failed; retrying", "err", err)
 		}
+		e.fireReserved(b.clock.Now())
 		e.sweepRequests(ctx)
-		wait := e.nextWait(claimed > 0 || more, reserved > 0)
+		wait := e.nextWait(claimed > 0 || more, reserved > 0, cycleAt)
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
@@ -245,8 +251,9 @@ func (b *Broker) Run(ctx context.Context) error {
 // grant, the next reserved deadline, or the moment the next deadline comes
 // within ClaimAhead, and at most PollInterval. busy (a claim came back
 // full: more may be due now) and reserved (expiries were just reserved:
-// their deadlines are near) bring it back soon.
-func (e *engine) nextWait(busy, reserved bool) time.Duration {
+// their deadlines are near) bring it back soon. cycleAt is when the cycle
+// that just ran looked at the clock.
+func (e *engine) nextWait(busy, reserved bool, cycleAt time.Time) time.Duration {
 	b := e.b
 	if busy {
 		return 2 * time.Millisecond
@@ -255,6 +262,12 @@ func (e *engine) nextWait(busy, reserved bool) time.Duration {
 	wait := b.cfg.PollInterval
 	if next, ok, err := b.store.NextDueAt(context.Background()); err == nil && ok {
 		d := next.Sub(now)
+		if !next.After(cycleAt) {
+			// Due when the cycle ran, and not claimed: its target is not
+			// configured here, or at capacity until results come back.
+			// Look again soon, but do not spin.
+			d = min(b.cfg.PollInterval, dueRecheck)
+		}
 		if ahead := b.cfg.ClaimAhead; ahead > 0 && e.reserveRoom() {
 			if d > ahead {
 				d -= ahead

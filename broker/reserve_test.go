@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -263,5 +264,41 @@ func TestNoCredentialsAfterTheDeadline(t *testing.T) {
 	env.clock.Set(env.deadline.Add(-time.Second))
 	if creds, err := env.b.ClaimCredentials(alice, id); err != nil || creds.Secret["password"] != "not-shown-late" {
 		t.Fatalf("credentials before the deadline: %v, %v", creds, err)
+	}
+}
+
+// countingStore counts NextDueAt calls: one per engine loop.
+type countingStore struct {
+	lapse.Store
+	loops atomic.Int64
+}
+
+func (s *countingStore) NextDueAt(ctx context.Context) (time.Time, bool, error) {
+	s.loops.Add(1)
+	return s.Store.NextDueAt(ctx)
+}
+
+// A grant that is due but cannot be claimed here (its target is not
+// configured in this process) does not make the engine loop spin: it
+// looks again every few tens of milliseconds, not continuously.
+func TestDueButUnclaimableDoesNotSpin(t *testing.T) {
+	store := &countingStore{Store: sqltest.OpenSQLite(t)}
+	env := newCFEnv(t, store, 8)
+	ctx := context.Background()
+	start := env.deadline.Add(-time.Minute)
+	g := &lapse.Grant{
+		ID: lapse.NewID(lapse.PrefixGrant, start), RequestID: lapse.NewID(lapse.PrefixRequest, start),
+		Principal: lapse.Principal{ID: "alice", Kind: lapse.KindHuman}, Entitlement: "db/status", Target: "elsewhere",
+		State: lapse.GrantActive, StartsAt: start, ExpiresAt: env.deadline, DueAt: env.deadline, CreatedAt: start, ActivatedAt: start,
+	}
+	if err := store.Update(ctx, func(tx lapse.Tx) error { return tx.InsertGrant(ctx, g) }); err != nil {
+		t.Fatal(err)
+	}
+	env.runEngine()
+	time.Sleep(300 * time.Millisecond)
+	// A spinning loop makes thousands of rounds in 300 ms; one that looks
+	// again every 25 ms (dueRecheck) about twelve.
+	if n := store.loops.Load(); n > 150 {
+		t.Fatalf("the engine looped %d times in 300 ms with one unclaimable grant due", n)
 	}
 }
