@@ -68,11 +68,22 @@ func (s *Store) LockEngine(ctx context.Context, now time.Time) (int, func(), err
 		f.Close()
 		return 0, nil, lapse.Internal("sqlite: take the engine lock", err)
 	}
-	// Shared from here on. Blocking: another engine may hold the lock
-	// exclusively for the moment its own start takes.
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
-		unlock()
-		return 0, nil, lapse.Internal("sqlite: take the engine lock", err)
+	// Shared from here on. Another engine may hold the lock exclusively for
+	// the moment its own start takes: wait for it, as long as ctx allows.
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+		if err == nil {
+			return freed, unlock, freeErr
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			unlock()
+			return 0, nil, lapse.Internal("sqlite: take the engine lock", err)
+		}
+		select {
+		case <-ctx.Done():
+			unlock()
+			return 0, nil, lapse.Errorf(lapse.EUNAVAILABLE, "sqlite: the engine lock is held exclusively by another process")
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
-	return freed, unlock, freeErr
 }
