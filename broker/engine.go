@@ -138,6 +138,9 @@ const (
 	// dueRecheck is how soon the engine looks again when a grant is due
 	// that it could not claim (nextWait).
 	dueRecheck = 25 * time.Millisecond
+	// commitLinger is how long the committer on a store with one writer
+	// waits for a batch to fill before writing it (linger).
+	commitLinger = 5 * time.Millisecond
 )
 
 // result is the outcome of one connector step on one claimed grant, to be
@@ -974,6 +977,9 @@ func (e *engine) commitLoop(results chan *result, done chan struct{}) {
 				break fill
 			}
 		}
+		if !closed && !holding && e.serial && len(held) < most && e.noHold.Load() == 0 {
+			closed = e.linger(results, hold, func() int { return len(held) }, most)
+		}
 		now := e.b.clock.Now()
 		if closed || e.shouldFlush(len(held), limit, now, holding) {
 			flush()
@@ -984,6 +990,32 @@ func (e *engine) commitLoop(results chan *result, done chan struct{}) {
 		}
 		recheck.Reset(max(min(limit.Sub(now), holdRecheck), 0))
 	}
+}
+
+// linger waits, on a store with one writer, up to commitLinger of wall
+// time for more results to join a batch that is not full, and reports
+// whether results was closed. When results trickle in from a slow target,
+// committing each as it comes costs SQLite a transaction — WAL frames for
+// the same index pages — per result or two; a few milliseconds gather them.
+// It never delays a grant's RevokedAt (set when Verify confirmed), only its
+// stored state by at most commitLinger.
+func (e *engine) linger(results chan *result, hold func(*result), n func() int, most int) (closed bool) {
+	t := time.NewTimer(commitLinger)
+	defer t.Stop()
+	for n() < most {
+		select {
+		case r, ok := <-results:
+			if !ok {
+				return true
+			}
+			hold(r)
+		case <-t.C:
+			return false
+		case <-e.kick:
+			return false
+		}
+	}
+	return false
 }
 
 // holding reports whether the committer may hold results now: the store
