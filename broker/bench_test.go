@@ -11,6 +11,7 @@ import (
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/broker"
 	"github.com/lapsehq/lapse/connector"
+	"github.com/lapsehq/lapse/connector/connectortest"
 	"github.com/lapsehq/lapse/connector/fake"
 	"github.com/lapsehq/lapse/sqlstore/sqltest"
 )
@@ -107,42 +108,16 @@ func overshootRun(b *testing.B, store lapse.Store, n int, claimAhead time.Durati
 	done := make(chan struct{})
 	go func() { br.Run(runCtx); close(done) }()
 	b.StartTimer()
-	// Poll with the cheapest query that can tell "all done" (an index
-	// lookup), so that measuring steals little CPU from the engine; the
-	// counts are checked once at the end.
-	for {
-		_, pending, err := store.NextDueAt(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if !pending {
-			break
-		}
-		if time.Since(deadline) > 2*time.Minute {
-			b.Fatalf("grants still pending 2 minutes after the deadline")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	connectortest.AwaitWave(b, store, deadline, 2*time.Minute)
 	all = float64(time.Since(deadline)) / float64(time.Millisecond)
 	b.StopTimer()
-	counts, err := store.CountGrantsByState(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if counts[lapse.GrantRevoked] != n {
-		b.Fatalf("%d of %d grants revoked: %v", counts[lapse.GrantRevoked], n, counts)
-	}
 	cancel()
 	<-done
-	over := make([]float64, 0, n)
-	for _, g := range grants {
-		got, err := store.GetGrant(ctx, g.ID)
-		if err != nil {
-			b.Fatal(err)
-		}
-		over = append(over, float64(got.RevokedAt.Sub(got.ExpiresAt))/float64(time.Millisecond))
+	ids := make([]string, len(grants))
+	for i, g := range grants {
+		ids[i] = g.ID
 	}
-	slices.Sort(over)
+	over := connectortest.Overshoots(b, store, ids, deadline)
 	return over[len(over)/2], over[len(over)*99/100], over[len(over)-1], all
 }
 

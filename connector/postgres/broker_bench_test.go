@@ -10,6 +10,7 @@ import (
 
 	"github.com/lapsehq/lapse"
 	"github.com/lapsehq/lapse/broker"
+	"github.com/lapsehq/lapse/connector/connectortest"
 	"github.com/lapsehq/lapse/connector/postgres"
 	"github.com/lapsehq/lapse/sqlstore/sqltest"
 )
@@ -88,34 +89,8 @@ func expireThroughBroker(b *testing.B, c *postgres.Conn, spec map[string]any, n 
 	defer func() { cancel(); <-done }()
 	b.StartTimer()
 	deadline := start.Add(duration)
-	// Poll with the cheapest query that can tell "all done" (an index
-	// lookup), so that measuring steals little CPU from the engine and the
-	// server; the states are checked grant by grant at the end.
-	for {
-		_, pending, err := store.NextDueAt(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if !pending {
-			break
-		}
-		if time.Since(deadline) > 2*time.Minute {
-			b.Fatalf("grants not revoked 2 minutes after the deadline")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	connectortest.AwaitWave(b, store, deadline, 2*time.Minute)
 	b.StopTimer()
-	over := make([]float64, 0, n)
-	for _, id := range ids {
-		g, err := store.GetGrant(ctx, id)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if g.State != lapse.GrantRevoked || !g.ExpiresAt.Equal(deadline) || g.EndReason != lapse.EndExpired {
-			b.Fatalf("grant %s: %s, expires %v (want %v), end %s", id, g.State, g.ExpiresAt, deadline, g.EndReason)
-		}
-		over = append(over, float64(g.RevokedAt.Sub(g.ExpiresAt))/float64(time.Millisecond))
-	}
-	slices.Sort(over)
+	over := connectortest.Overshoots(b, store, ids, deadline)
 	return over[len(over)/2], over[len(over)*99/100]
 }
