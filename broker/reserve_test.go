@@ -79,6 +79,22 @@ func (e *cfEnv) grant(id string) *lapse.Grant {
 	return g
 }
 
+// revokedAtDeadline moves the clock to the deadline, wakes the engine and
+// waits until every grant is revoked.
+func (e *cfEnv) revokedAtDeadline(ids ...string) {
+	e.t.Helper()
+	e.clock.Set(e.deadline)
+	e.b.nudge()
+	eventually(e.t, "revoked at the deadline", func() bool {
+		for _, id := range ids {
+			if e.state(id) != lapse.GrantRevoked {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // reservedBy reports whether every grant is active and leased by owner.
 func (e *cfEnv) reservedBy(owner string, ids ...string) bool {
 	for _, id := range ids {
@@ -104,16 +120,7 @@ func TestReservedExpiriesRevokeAtTheDeadline(t *testing.T) {
 			}
 		}
 
-		env.clock.Set(env.deadline)
-		env.b.nudge()
-		eventually(t, "revoked", func() bool {
-			for _, id := range ids {
-				if env.state(id) != lapse.GrantRevoked {
-					return false
-				}
-			}
-			return true
-		})
+		env.revokedAtDeadline(ids...)
 		for _, id := range ids {
 			if n := env.conn.CallsFor(fake.Revoke, id); n != 1 || env.conn.Has(id) {
 				t.Errorf("grant %s: %d revokes on the target, still there: %v", id, n, env.conn.Has(id))
@@ -223,16 +230,7 @@ func TestNoReservationsWithoutTheEngineLock(t *testing.T) {
 		}
 		return false
 	})
-	env.clock.Set(env.deadline)
-	env.b.nudge()
-	eventually(t, "revoked at the deadline", func() bool {
-		for _, id := range ids {
-			if env.state(id) != lapse.GrantRevoked {
-				return false
-			}
-		}
-		return true
-	})
+	env.revokedAtDeadline(ids...)
 }
 
 // Credentials are not handed out once the grant's deadline has come, even
