@@ -232,12 +232,11 @@ func (b *Broker) Run(ctx context.Context) error {
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("engine cycle failed; retrying", "err", err)
 		}
-		e.fireReserved(b.clock.Now()) // a deadline may have come during the cycle
 		reserved, more, err := e.reserve(ctx, b.clock.Now())
 		if err != nil && ctx.Err() == nil {
 			b.log.Warn("reserving expiries failed; retrying", "err", err)
 		}
-		e.fireReserved(b.clock.Now())
+		e.fireReserved(b.clock.Now()) // a deadline may have come meanwhile
 		e.sweepRequests(ctx)
 		wait := e.nextWait(claimed > 0 || more, reserved > 0, cycleAt)
 		if !timer.Stop() {
@@ -978,7 +977,7 @@ func (e *engine) commitLoop(results chan *result, done chan struct{}) {
 			}
 		}
 		if !closed && !holding && e.serial && len(held) < most && e.noHold.Load() == 0 {
-			closed = e.linger(results, hold, func() int { return len(held) }, most)
+			closed = e.linger(results, hold, most-len(held))
 		}
 		now := e.b.clock.Now()
 		if closed || e.shouldFlush(len(held), limit, now, holding) {
@@ -993,16 +992,16 @@ func (e *engine) commitLoop(results chan *result, done chan struct{}) {
 }
 
 // linger waits, on a store with one writer, up to commitLinger of wall
-// time for more results to join a batch that is not full, and reports
-// whether results was closed. When results trickle in from a slow target,
+// time for at most room more results to join a batch that is not full, and
+// reports whether results was closed. When results trickle in from a slow target,
 // committing each as it comes costs SQLite a transaction — WAL frames for
 // the same index pages — per result or two; a few milliseconds gather them.
 // It never delays a grant's RevokedAt (set when Verify confirmed), only its
 // stored state by at most commitLinger.
-func (e *engine) linger(results chan *result, hold func(*result), n func() int, most int) (closed bool) {
+func (e *engine) linger(results chan *result, hold func(*result), room int) (closed bool) {
 	t := time.NewTimer(commitLinger)
 	defer t.Stop()
-	for n() < most {
+	for ; room > 0; room-- {
 		select {
 		case r, ok := <-results:
 			if !ok {

@@ -291,7 +291,7 @@ func (e *engine) releaseReservations(ctx context.Context) {
 // From the deadline on, a reserved expiry is under way and is the grant's
 // end: supersedeReservation reports true, and the caller adds nothing.
 func supersedeReservation(g *lapse.Grant, now time.Time) (underWay bool) {
-	if g.State != lapse.GrantActive || g.LeaseOwner == "" || !now.Before(g.LeaseUntil) {
+	if !reservedExpiry(g, now) {
 		return false
 	}
 	if !now.Before(g.ExpiresAt) {

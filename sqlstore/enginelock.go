@@ -13,8 +13,7 @@ import (
 // LockEngine implements lapse.EngineLocker. On PostgreSQL, whose replicas
 // share work by leases alone, it does nothing and returns a nil unlock.
 //
-// On SQLite
-// An engine holds a lock on a file beside the database (the database's
+// On SQLite an engine holds a lock on a file beside the database (the database's
 // name with "-engine.lock" added) for as long as it runs: shared, so that
 // several may run, but first, for a moment, exclusive. The exclusive lock is
 // granted only when no engine holds the file, and then every lease in the
